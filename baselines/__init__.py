@@ -1,0 +1,1 @@
+"""cmbbench reference baselines, registered only through cmbbench's public API."""

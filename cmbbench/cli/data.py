@@ -1,0 +1,5 @@
+"""`cmbbench` commands of the data group (registered on the shared app)."""
+
+from __future__ import annotations
+
+from cmbbench.cli._app import app  # noqa: F401

@@ -1,0 +1,282 @@
+"""Training patches: class-proportional sampling, deterministic per (seed, sample index).
+
+The :class:`PatchSampler` turns a list of prepared training volumes into patches. Sample
+``i`` (a global index over the whole run) is a pure function of ``(seed, i)``: its volume,
+its centre and its augmentation come from a generator seeded by ``(seed, i)``, so training
+resumed at step ``s`` sees exactly the batches an uninterrupted run would, with any number of
+data-loading workers. :class:`PatchBatches` is a torch ``IterableDataset`` that yields whole
+batches for a range of steps; with ``num_workers > 0`` the ``DataLoader`` interleaves workers
+in step order, so the device never waits on the CPU-side sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cmbbench.cases import Case
+from cmbbench.engine.augment import augment_patch
+from cmbbench.errors import InputError
+
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class TrainVolume:
+    """A normalised training image with its binary label, valid mask and CMB voxel lists.
+
+    ``image`` float32 (X, Y, Z), standardised; ``label`` uint8 (X, Y, Z) 0/1; ``valid`` bool
+    (X, Y, Z), False where the case's "ignore" mask is set; ``instances`` one int32 (N_k, 3)
+    array of voxel indices per CMB; ``fg_box`` the (lo, hi) voxel bounds of the head region
+    from which background patch centres are drawn.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray
+    instances: list[np.ndarray]
+    fg_box: tuple[tuple[int, int, int], tuple[int, int, int]]
+    fg_mask: np.ndarray
+
+
+def prepare_volume(case: Case, normalize: Normalizer) -> TrainVolume:
+    """Normalise one labelled case and index its CMB voxels (label values > 0; instance maps ok)."""
+    image = np.asarray(case.image, dtype=np.float32)
+    label = case.label
+    if label is None or np.asarray(label).ndim != 3:
+        raise InputError(
+            "training needs a voxel label (mask or instance map); this case has "
+            + ("none" if label is None else f"an array of shape {np.asarray(label).shape}"),
+            case=case.case_id,
+        )
+    label = np.asarray(label)
+    if label.shape != image.shape:
+        raise InputError(
+            f"label shape {label.shape} does not match image shape {image.shape}",
+            case=case.case_id,
+        )
+    ignore = case.ignore
+    valid = np.ones(image.shape, bool) if ignore is None else ~np.asarray(ignore, bool)
+    norm = np.asarray(normalize(image), dtype=np.float32)
+    # head region: voxels above 10% of the robust maximum of the raw image
+    hi = float(np.percentile(image, 99.5)) if image.size else 0.0
+    fg = image > 0.1 * hi if hi > 0 else np.ones(image.shape, bool)
+    if not fg.any():
+        fg = np.ones(image.shape, bool)
+    nz = [np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    box = (tuple(int(n[0]) for n in nz), tuple(int(n[-1]) + 1 for n in nz))
+    fgmask = fg
+    lab_idx = np.flatnonzero(label.reshape(-1) > 0)
+    instances: list[np.ndarray] = []
+    if lab_idx.size:
+        values = label.reshape(-1)[lab_idx]
+        coords = np.stack(np.unravel_index(lab_idx, label.shape), axis=1).astype(np.int32)
+        if values.max() > 1:  # instance map: one group per CMB value
+            order = np.argsort(values, kind="stable")
+            values, coords = values[order], coords[order]
+            cuts = np.flatnonzero(np.diff(values)) + 1
+            instances = list(np.split(coords, cuts))
+        else:  # binary mask: label its components
+            import cc3d
+
+            comp = cc3d.connected_components((label > 0).astype(np.uint8), connectivity=26)
+            cvals = comp.reshape(-1)[lab_idx]
+            order = np.argsort(cvals, kind="stable")
+            cvals, coords = cvals[order], coords[order]
+            instances = list(np.split(coords, np.flatnonzero(np.diff(cvals)) + 1))
+    return TrainVolume(
+        case_id=case.case_id,
+        image=norm,
+        label=(label > 0).astype(np.uint8),
+        valid=valid,
+        instances=instances,
+        fg_box=box,  # type: ignore[arg-type]
+        fg_mask=fgmask,
+    )
+
+
+def prepare_volumes(
+    cases: Sequence[Case], normalize: Normalizer, progress: Callable[[int, int], None] | None = None
+) -> list[TrainVolume]:
+    """:func:`prepare_volume` over ``cases`` (``progress(done, total)`` after each)."""
+    out = []
+    for i, case in enumerate(cases):
+        out.append(prepare_volume(case, normalize))
+        case.release()
+        if progress is not None:
+            progress(i + 1, len(cases))
+    return out
+
+
+def _crop(arr: np.ndarray, lo: np.ndarray, size: tuple[int, int, int], fill) -> np.ndarray:
+    """``arr[lo : lo + size]`` with out-of-bounds parts filled with ``fill``."""
+    hi = lo + np.asarray(size)
+    src_lo = np.maximum(lo, 0)
+    src_hi = np.minimum(hi, arr.shape)
+    out = np.full(size, fill, dtype=arr.dtype)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - lo
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[dst_lo[0] : dst_hi[0], dst_lo[1] : dst_hi[1], dst_lo[2] : dst_hi[2]] = arr[
+        src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
+    ]
+    return out
+
+
+class PatchSampler:
+    """Deterministic patch sampler over prepared volumes.
+
+    Sample ``i`` uses volume ``perm_e[i mod n]`` where ``perm_e`` is a seeded permutation for
+    epoch ``e = i // (n · patches_per_volume)``, so every volume gives ``patches_per_volume``
+    patches per epoch. With probability ``cmb_fraction`` (and when the volume has CMBs) the
+    patch centre is a voxel of a uniformly chosen CMB, jittered by up to a quarter patch;
+    otherwise a random head voxel. Batches of rank ``r`` of ``world_size`` ranks at step ``s``
+    hold samples ``((s · world_size + r) · batch_size + b)``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[TrainVolume],
+        *,
+        patch_size: tuple[int, int, int],
+        batch_size: int,
+        patches_per_volume: int = 30,
+        cmb_fraction: float = 0.9,
+        flip: bool = True,
+        rotate_deg: float = 0.0,
+        intensity: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not volumes:
+            raise InputError("no training volumes to sample patches from")
+        self.volumes = list(volumes)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self.ppv = int(patches_per_volume)
+        self.cmb_fraction = float(cmb_fraction)
+        self.flip, self.rotate_deg, self.intensity = flip, float(rotate_deg), intensity
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_recipe(
+        cls,
+        volumes: Sequence[TrainVolume],
+        recipe,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> PatchSampler:
+        return cls(
+            volumes,
+            patch_size=recipe.patch_size,
+            batch_size=recipe.batch_size,
+            patches_per_volume=recipe.patches_per_volume,
+            cmb_fraction=recipe.cmb_fraction,
+            flip=recipe.aug_flip,
+            rotate_deg=recipe.aug_rotate_deg,
+            intensity=recipe.aug_intensity,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def _volume_index(self, i: int) -> int:
+        n = len(self.volumes)
+        epoch = i // (n * self.ppv)
+        perm = self._perm_cache.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, 7, epoch]).permutation(n)
+            if len(self._perm_cache) > 8:
+                self._perm_cache.clear()
+            self._perm_cache[epoch] = perm
+        return int(perm[i % n])
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``i``: image float32 (X, Y, Z), label uint8 (X, Y, Z), valid bool (X, Y, Z)."""
+        vol = self.volumes[self._volume_index(i)]
+        rng = np.random.default_rng([self.seed, 11, i])
+        size = np.asarray(self.patch_size)
+        if vol.instances and rng.random() < self.cmb_fraction:
+            inst = vol.instances[int(rng.integers(len(vol.instances)))]
+            centre = inst[int(rng.integers(len(inst)))].astype(np.int64)
+            jitter = np.maximum(size // 4, 0)
+            centre = centre + rng.integers(-jitter, jitter + 1)
+        else:
+            lo, hi = (np.asarray(b) for b in vol.fg_box)
+            centre = rng.integers(lo, hi)
+            for _ in range(8):  # prefer a head voxel inside the bounding box
+                if vol.fg_mask[tuple(centre)]:
+                    break
+                centre = rng.integers(lo, hi)
+        lo = centre - size // 2
+        fill = float(vol.image.min()) if vol.image.size else 0.0
+        image = _crop(vol.image, lo, self.patch_size, np.float32(fill))
+        label = _crop(vol.label, lo, self.patch_size, np.uint8(0))
+        valid = _crop(vol.valid, lo, self.patch_size, False)
+        return augment_patch(
+            image,
+            label,
+            valid,
+            rng,
+            flip=self.flip,
+            rotate_deg=self.rotate_deg,
+            intensity=self.intensity,
+        )
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of this rank at ``step``: image (B, 1, *P) float32, label (B, *P) int64,
+        valid (B, *P) bool."""
+        first = (step * self.world_size + self.rank) * self.batch_size
+        samples = [self.sample(first + b) for b in range(self.batch_size)]
+        image = np.stack([s[0] for s in samples])[:, None]
+        label = np.stack([s[1] for s in samples]).astype(np.int64)
+        valid = np.stack([s[2] for s in samples])
+        return {
+            "image": torch.from_numpy(image),
+            "label": torch.from_numpy(label),
+            "valid": torch.from_numpy(valid),
+            "step": torch.tensor(step),
+        }
+
+
+class PatchBatches(IterableDataset):
+    """Batches for steps ``start <= s < stop``; workers split the steps round-robin."""
+
+    def __init__(self, sampler: PatchSampler, start: int, stop: int):
+        super().__init__()
+        self.sampler, self.start, self.stop = sampler, int(start), int(stop)
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        for step in range(self.start + wid, self.stop, nw):
+            yield self.sampler.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def make_loader(
+    sampler: PatchSampler, start: int, stop: int, *, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader over :class:`PatchBatches` that yields batches in step order."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"prefetch_factor": 4, "persistent_workers": False}
+    return DataLoader(
+        PatchBatches(sampler, start, stop),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

@@ -1,0 +1,305 @@
+"""The shared training loop: every network in cmbbench is trained by :func:`train`.
+
+- deterministic: the batches of step ``s`` are a pure function of ``(seed, s)`` (see
+  :mod:`cmbbench.engine.patches`), the learning rate a pure function of ``s``;
+- mixed precision on CUDA (``recipe.amp``), plain float32 on CPU;
+- validation by lesion-level F1 on the validation split every ``val_every`` steps (a
+  callback supplied by the caller, see :mod:`cmbbench.engine.evaluate`), best-checkpoint
+  selection on that F1;
+- checkpoints (model, optimizer, grad scaler, torch RNG, step, best metric, loss history)
+  every ``checkpoint_every`` steps and at the end; ``resume=True`` continues from the last
+  one, so an interrupted run loses at most one checkpoint interval and, on CPU with the
+  same seed, ends with exactly the weights and metrics of an uninterrupted run;
+- DDP under torchrun (rank 0 writes checkpoints; every rank loads them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmbbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cmbbench.engine.distributed import (
+    DistContext,
+    barrier,
+    unwrap_model,
+    wrap_model,
+)
+from cmbbench.engine.losses import CmbLoss
+from cmbbench.engine.patches import PatchSampler, make_loader
+from cmbbench.engine.progress import PhaseTracker, ProgressFn
+from cmbbench.engine.recipe import Recipe
+from cmbbench.errors import CmbbenchError
+
+logger = logging.getLogger(__name__)
+
+Validator = Callable[[nn.Module], dict[str, float]]
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. Times in seconds, memory in bytes."""
+
+    steps: int
+    start_step: int
+    best_step: int | None
+    best_metric: float | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)  # one per step, from step 0
+    validations: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0  # this process, optimisation steps only
+    val_seconds: float = 0.0
+    seconds_per_step: float | None = None
+    peak_memory_bytes: int | None = None  # CUDA: max allocated; CPU: peak RSS of the process
+    device: str = "cpu"
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    """Learning rate at ``step`` (linear warm-up, then constant or cosine to 0.01 × lr)."""
+    base = recipe.lr
+    if recipe.warmup_steps and step < recipe.warmup_steps:
+        return base * (step + 1) / recipe.warmup_steps
+    if recipe.lr_schedule == "cosine":
+        span = max(1, recipe.steps - recipe.warmup_steps)
+        t = min(1.0, (step - recipe.warmup_steps) / span)
+        return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+    return base
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (the seed), AdamW, or SGD with momentum 0.9."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
+    )
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: ``max_memory_allocated``; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # fewer GPUs now than when saved
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def train(
+    model: nn.Module,
+    sampler: PatchSampler,
+    recipe: Recipe,
+    *,
+    out_dir: str | Path,
+    device: torch.device,
+    validate: Validator | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    dist_ctx: DistContext | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``recipe.steps`` steps on batches from ``sampler``.
+
+    Checkpoints go to ``out_dir/checkpoints/{last,best}.pt``. ``validate(model)`` returns a
+    dict with at least ``"f1"`` (lesion-level F1 on the validation split); the best one is
+    kept in ``best.pt`` (without ``validate`` the last weights are the best). ``stop_after``
+    ends the loop early after that many steps (simulates an interruption; tests).
+    """
+    ctx = dist_ctx or DistContext(device=device)
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    use_amp = bool(recipe.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    criterion = CmbLoss.from_recipe(recipe)
+    start = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    losses: list[float] = []
+    validations: list[dict[str, float]] = []
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CmbbenchError(
+                f"checkpoint {last_path} does not fit this model/recipe ({err})"
+            ) from None
+        if "scaler" in state and use_amp:
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["step"])
+        best_metric = state.get("best_metric")
+        best_step = state.get("best_step")
+        losses = [float(v) for v in state.get("losses", [])][:start]
+        validations = [dict(v) for v in state.get("validations", [])]
+        _set_rng_state(state.get("rng", {}))
+        logger.info("resumed from %s at step %d", last_path, start)
+    elif resume:
+        logger.info("--resume: no checkpoint at %s, starting from step 0", last_path)
+    if start > recipe.steps:
+        raise CmbbenchError(
+            f"checkpoint {last_path} is at step {start}, beyond this recipe's {recipe.steps} steps"
+        )
+
+    train_model = wrap_model(model, ctx)
+    train_model.train()
+    stop = recipe.steps if stop_after is None else min(recipe.steps, start + stop_after)
+    loader = make_loader(
+        sampler,
+        start,
+        stop,
+        num_workers=recipe.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    tracker = PhaseTracker(progress, "train", recipe.steps, "training", offset=start)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_s = val_s = 0.0
+    steps_run = 0
+    t_step = time.perf_counter()
+
+    def state_dict(step: int) -> dict[str, Any]:
+        return {
+            "model": unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "best_metric": best_metric,
+            "best_step": best_step,
+            "losses": list(losses),
+            "validations": [dict(v) for v in validations],
+            "rng": _rng_state(),
+            "recipe": recipe.to_dict(),
+        }
+
+    for batch in loader:
+        step = int(batch["step"])
+        image = batch["image"].to(device, non_blocking=True)
+        target = batch["label"].to(device, non_blocking=True)
+        valid = batch["valid"].to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(recipe, step)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = train_model(image)
+        if logits.shape[0] != image.shape[0] or logits.shape[2:] != image.shape[2:]:
+            raise CmbbenchError(
+                f"model output shape {tuple(logits.shape)} does not match its input "
+                f"{tuple(image.shape)} (expected (B, 1 or 2, *spatial))"
+            )
+        loss = criterion(logits.float(), target, valid)
+        if not torch.isfinite(loss):
+            raise CmbbenchError(f"training diverged: loss is {loss.item()} at step {step}")
+        scaler.scale(loss).backward()
+        if recipe.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(train_model.parameters(), recipe.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        steps_run += 1
+        now = time.perf_counter()
+        train_s += now - t_step
+
+        if validate is not None and (done % recipe.val_every == 0 or done == recipe.steps):
+            t0 = time.perf_counter()
+            train_model.eval()
+            with torch.no_grad():
+                metrics = dict(validate(unwrap_model(model)))
+            train_model.train()
+            val_s += time.perf_counter() - t0
+            f1 = metrics.get("f1")
+            f1 = 0.0 if f1 is None or not math.isfinite(f1) else float(f1)
+            metrics = {"step": done, **metrics, "f1": f1}
+            validations.append(metrics)
+            if best_metric is None or f1 > best_metric:
+                best_metric, best_step = f1, done
+                if ctx.is_main:
+                    save_checkpoint(
+                        best_path,
+                        {
+                            "model": unwrap_model(model).state_dict(),
+                            "step": done,
+                            "best_metric": f1,
+                        },
+                    )
+                barrier(ctx)
+            logger.info("step %d: val %s", done, metrics)
+        if done % recipe.checkpoint_every == 0 or done == recipe.steps or done == stop:
+            if ctx.is_main:
+                save_checkpoint(last_path, state_dict(done))
+            barrier(ctx)
+        recent = losses[-20:]
+        tracker.emit(done, loss=sum(recent) / len(recent), best_f1=best_metric)
+        t_step = time.perf_counter()
+
+    final_step = start + steps_run
+    if validate is None and final_step == recipe.steps and ctx.is_main:
+        save_checkpoint(best_path, {"model": unwrap_model(model).state_dict(), "step": final_step})
+        best_step = final_step
+    barrier(ctx)
+    return TrainResult(
+        steps=final_step,
+        start_step=start,
+        best_step=best_step,
+        best_metric=best_metric,
+        best_checkpoint=best_path if best_path.exists() else None,
+        last_checkpoint=last_path if last_path.exists() else None,
+        losses=losses,
+        validations=validations,
+        train_seconds=train_s,
+        val_seconds=val_s,
+        seconds_per_step=train_s / steps_run if steps_run else None,
+        peak_memory_bytes=peak_memory_bytes(device),
+        device=str(device),
+    )
+
+
+def load_best_weights(model: nn.Module, result_or_path: TrainResult | str | Path) -> nn.Module:
+    """Load the best checkpoint's weights into ``model`` (falls back to the last checkpoint)."""
+    if isinstance(result_or_path, TrainResult):
+        path = result_or_path.best_checkpoint or result_or_path.last_checkpoint
+        if path is None:
+            raise CmbbenchError("training wrote no checkpoint to load")
+    else:
+        path = Path(result_or_path)
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CmbbenchError(f"checkpoint {path} does not fit this model ({err})") from None
+    return model

@@ -1,1 +1,10 @@
-"""cmbbench reference baselines, registered only through cmbbench's public API."""
+"""cmbbench reference baselines, registered only through cmbbench's public API.
+
+cmbbench finds this package through its entry point (group ``cmbbench.models``), exactly as
+it finds a third party's models; importing it registers every baseline. No module here
+imports torch at import time (only creating a network does).
+"""
+
+from cmbbench_baselines import smp, unet3d
+
+__all__ = ["smp", "unet3d"]

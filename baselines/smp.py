@@ -1,0 +1,43 @@
+"""Variants from ``segmentation-models-pytorch-3d``, trained from scratch.
+
+No pretrained weights exist offline, so ``encoder_weights=None`` always. With their default
+five stride-2 stages these networks need spatial sizes divisible by 32: each registration
+declares ``divisor=32`` (checked up front by the engine, see
+:func:`cmbbench.models.detector.check_input_size`) and a 64³ training patch. The batch of 2
+keeps the voxels per step (2 × 64³ ≈ 524 k) equal to the seed recipe's 8 × 40³ (512 k).
+The library is imported only when a model is created.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmbbench import register_model
+
+SMP_RECIPE: dict[str, Any] = {"patch_size": (64, 64, 64), "batch_size": 2, "divisor": 32}
+_KW = {"kind": "network", "divisor": 32, "recipe": SMP_RECIPE}
+
+
+def _build(arch: str, encoder: str, **kwargs: Any) -> Any:
+    import segmentation_models_pytorch_3d as smp
+
+    options = {"encoder_name": encoder, "in_channels": 1, "classes": 2, **kwargs}
+    if options.get("encoder_weights") is not None:
+        raise ValueError("smp baselines are trained from scratch: encoder_weights must be None")
+    options["encoder_weights"] = None
+    return getattr(smp, arch)(**options)
+
+
+@register_model("smp_unet_r18", description="smp-3d U-Net, ResNet-18 encoder (scratch)", **_KW)
+def smp_unet_r18(**kwargs: Any) -> Any:
+    return _build("Unet", "resnet18", **kwargs)
+
+
+@register_model("smp_unet_r34", description="smp-3d U-Net, ResNet-34 encoder (scratch)", **_KW)
+def smp_unet_r34(**kwargs: Any) -> Any:
+    return _build("Unet", "resnet34", **kwargs)
+
+
+@register_model("smp_fpn_r18", description="smp-3d FPN, ResNet-18 encoder (scratch)", **_KW)
+def smp_fpn_r18(**kwargs: Any) -> Any:
+    return _build("FPN", "resnet18", **kwargs)

@@ -1,0 +1,422 @@
+"""The model registry: ``register_model``, ``create_model``, ``build_model``, ``list_models``.
+
+timm-style: a *factory* is registered under a name with the :func:`register_model`
+decorator and called by :func:`create_model` / :func:`build_model`. A factory returns
+
+* a ``torch.nn.Module`` (a *network*): input ``(B, 1, X, Y, Z)`` float32, output logits
+  ``(B, 2, X, Y, Z)`` (two classes, softmax over the channel axis) or ``(B, 1, X, Y, Z)``
+  (one logit, sigmoid); the shared engine trains and runs it;
+* ``(module, recipe_overrides)``: a network plus a dict of recipe entries it overrides
+  (patch size, learning rate, ...), recorded in every result of the model;
+* any other object with ``fit(train, val, config)`` and ``predict(case) -> Prediction``
+  (a *detector*, see :mod:`cmbbench.models.detector`).
+
+Models come from four places, all into the same registry: the reference baselines (an entry
+point of cmbbench's own distribution, found exactly like a third party's), third-party
+entry points in the group ``cmbbench.models`` (loaded lazily, on first use of the registry),
+plug-in modules or ``.py`` files (:func:`load_plugin`, ``--plugin``), and decorators run in
+the user's own code. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import sys
+import traceback
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from cmbbench.errors import CmbbenchError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "cmbbench.models"
+# the entry point through which cmbbench's own distribution exposes its reference baselines
+_BUILTIN_ENTRY_POINT = ("baselines", "cmbbench_baselines")
+
+ModelKind = Literal["auto", "network", "detector"]
+Factory = Callable[..., Any]
+
+
+class PluginError(CmbbenchError):
+    """A model plug-in (module, file or entry point) failed to load.
+
+    ``plugin`` names it; ``details`` holds the original traceback text (also in the message).
+    """
+
+    def __init__(self, plugin: str, problem: str, details: str = ""):
+        self.plugin, self.problem, self.details = plugin, problem, details
+        msg = f"model plugin {plugin}: {problem}"
+        if details:
+            msg += "\n" + details.rstrip()
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known about a registered model without building it.
+
+    ``kind``: ``"network"``, ``"detector"`` or ``"auto"`` (decided when the factory's result
+    is seen). ``source``: where the registration came from — ``"builtin baselines"``, the
+    defining module's name, ``"entry point NAME (DIST)"`` or ``"plugin PATH"``.
+    ``divisor``: every spatial input size must be a multiple of it (e.g. 32 for a network
+    with five stride-2 stages). ``recipe``: recipe entries the model overrides, known at
+    registration (the factory may add more).
+    """
+
+    name: str
+    description: str
+    kind: ModelKind
+    source: str
+    divisor: int = 1
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuiltModel:
+    """A created model with everything the engine needs to record about it.
+
+    ``model``: the ``nn.Module`` (kind ``"network"``) or the detector object.
+    ``recipe_overrides``: registration-time recipe merged with what the factory returned.
+    ``kwargs``: the keyword arguments the factory was called with.
+    """
+
+    name: str
+    kind: Literal["network", "detector"]
+    model: Any
+    recipe_overrides: dict[str, Any]
+    info: ModelInfo
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Entry:
+    info: ModelInfo
+    factory: Factory
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_entry_points_loaded = False
+_loading_entry_points = False
+_source_stack: list[str] = []
+_loaded_plugins: dict[str, types.ModuleType] = {}
+
+
+@contextlib.contextmanager
+def _source(label: str) -> Iterator[None]:
+    """Attribute registrations made while loading a plug-in to ``label``."""
+    _source_stack.append(label)
+    try:
+        yield
+    finally:
+        _source_stack.pop()
+
+
+def _first_line(text: str | None) -> str:
+    return (inspect.cleandoc(text).splitlines() or [""])[0] if text else ""
+
+
+def _qualname(factory: Factory) -> str:
+    return (
+        f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+    )
+
+
+def _add(
+    name: str,
+    factory: Factory,
+    *,
+    description: str,
+    kind: ModelKind,
+    divisor: int,
+    recipe: Mapping[str, Any] | None,
+) -> None:
+    if not isinstance(name, str) or not name:
+        raise CmbbenchError(f"model name must be a non-empty string, got {name!r}")
+    if kind not in ("auto", "network", "detector"):
+        raise CmbbenchError(
+            f"model {name!r}: kind must be 'auto', 'network' or 'detector', got {kind!r}"
+        )
+    if not isinstance(divisor, int) or divisor < 1:
+        raise CmbbenchError(f"model {name!r}: divisor must be a positive int, got {divisor!r}")
+    old = _REGISTRY.get(name)
+    if old is not None and _qualname(old.factory) != _qualname(factory):
+        raise CmbbenchError(
+            f"model name {name!r} is already registered by {_qualname(old.factory)} "
+            f"(source: {old.info.source}); cannot register {_qualname(factory)} under it"
+        )
+    source = _source_stack[-1] if _source_stack else getattr(factory, "__module__", "?")
+    info = ModelInfo(
+        name=name,
+        description=description or _first_line(getattr(factory, "__doc__", None)),
+        kind=kind,
+        source=source,
+        divisor=divisor,
+        recipe=dict(recipe or {}),
+    )
+    _REGISTRY[name] = _Entry(info=info, factory=factory)
+
+
+@overload
+def register_model(name: Factory, /) -> Factory: ...
+@overload
+def register_model(
+    name: str | None = None,
+    *,
+    description: str = "",
+    kind: ModelKind = "auto",
+    divisor: int = 1,
+    recipe: Mapping[str, Any] | None = None,
+) -> Callable[[Factory], Factory]: ...
+def register_model(
+    name: str | Factory | None = None,
+    *,
+    description: str = "",
+    kind: ModelKind = "auto",
+    divisor: int = 1,
+    recipe: Mapping[str, Any] | None = None,
+) -> Any:
+    """Decorator registering a model factory; usable bare (``@register_model``) or called.
+
+    ``name`` defaults to the factory's ``__name__``; ``description`` to the first line of its
+    docstring. ``divisor``: spatial sizes the network accepts must be multiples of it.
+    ``recipe``: recipe entries this model overrides (e.g. ``{"patch_size": (64, 64, 64)}``).
+    Returns the factory unchanged.
+    """
+    if callable(name) and not isinstance(name, str):
+        factory = name
+        _add(
+            factory.__name__,
+            factory,
+            description=description,
+            kind=kind,
+            divisor=divisor,
+            recipe=recipe,
+        )
+        return factory
+
+    def deco(factory: Factory) -> Factory:
+        _add(
+            name or factory.__name__,
+            factory,
+            description=description,
+            kind=kind,
+            divisor=divisor,
+            recipe=recipe,
+        )
+        return factory
+
+    return deco
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registration (mainly for tests); unknown names raise UnknownNameError."""
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, list(_REGISTRY))
+    del _REGISTRY[name]
+
+
+def _entry_point_label(ep: importlib.metadata.EntryPoint) -> str:
+    if (ep.name, ep.value) == _BUILTIN_ENTRY_POINT:
+        return "builtin baselines"
+    dist = getattr(ep, "dist", None)
+    dist_name = getattr(dist, "name", None) if dist is not None else None
+    return f"entry point {ep.name}" + (f" ({dist_name})" if dist_name else "")
+
+
+def _load_entry_points() -> None:
+    """Import every entry point of the group ``cmbbench.models`` (once).
+
+    An entry point may name a module (importing it registers its models with the decorator)
+    or a factory (``name = "pkg.mod:factory"``), which is registered under the entry point's
+    name unless the import already registered it. Failures raise :class:`PluginError`
+    naming every failing entry point, with its traceback.
+    """
+    global _entry_points_loaded, _loading_entry_points
+    if _entry_points_loaded or _loading_entry_points:
+        return
+    _loading_entry_points = True
+    failures: list[PluginError] = []
+    try:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            label = _entry_point_label(ep)
+            with _source(label):
+                try:
+                    obj = ep.load()
+                except Exception as err:
+                    failures.append(
+                        PluginError(
+                            f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP})",
+                            f"import failed: {type(err).__name__}: {err}",
+                            traceback.format_exc(),
+                        )
+                    )
+                    continue
+                if not isinstance(obj, types.ModuleType) and callable(obj):
+                    known = {id(e.factory) for e in _REGISTRY.values()}
+                    if id(obj) not in known:
+                        _add(ep.name, obj, description="", kind="auto", divisor=1, recipe=None)
+    finally:
+        _loading_entry_points = False
+    _entry_points_loaded = True
+    if failures:
+        _entry_points_loaded = False  # retried next time; the failure stays visible
+        if len(failures) == 1:
+            raise failures[0]
+        raise PluginError(
+            ", ".join(f.plugin for f in failures),
+            f"{len(failures)} entry points failed to import",
+            "\n".join(str(f) for f in failures),
+        )
+
+
+def reload_entry_points() -> None:
+    """Forget that entry points were loaded and load them again (after installing a package)."""
+    global _entry_points_loaded
+    _entry_points_loaded = False
+    _load_entry_points()
+
+
+def load_plugin(module_or_path: str) -> types.ModuleType:
+    """Import a plug-in so its ``@register_model`` decorators run; returns the module.
+
+    ``module_or_path`` is an importable module name (``my_pkg.models``) or the path of a
+    ``.py`` file. Loading the same plug-in twice is a no-op. Import failures raise
+    :class:`PluginError` naming the plug-in, with the original traceback text.
+    """
+    key = str(module_or_path)
+    if key in _loaded_plugins:
+        return _loaded_plugins[key]
+    _load_entry_points()  # so a plug-in cannot silently shadow an entry point's names
+    is_path = key.endswith(".py") or "/" in key or "\\" in key
+    if is_path:
+        path = Path(key).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(key, f"file not found (resolved to {path})")
+        mod_name = f"cmbbench_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise PluginError(key, "not an importable Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        with _source(f"plugin {path}"):
+            try:
+                spec.loader.exec_module(module)
+            except BaseException as err:
+                sys.modules.pop(mod_name, None)
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                raise PluginError(
+                    key, f"import failed: {type(err).__name__}: {err}", traceback.format_exc()
+                ) from err
+    else:
+        with _source(f"plugin {key}"):
+            try:
+                module = importlib.import_module(key)
+            except BaseException as err:
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                hint = ""
+                if isinstance(err, ModuleNotFoundError) and err.name == key.split(".")[0]:
+                    hint = " (not on sys.path; pass a .py file path or install the package)"
+                raise PluginError(
+                    key,
+                    f"import failed: {type(err).__name__}: {err}{hint}",
+                    traceback.format_exc(),
+                ) from err
+    _loaded_plugins[key] = module
+    return module
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted (loads entry points on first use)."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model; unknown names list the known ones."""
+    _load_entry_points()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise UnknownNameError("model", name, list(_REGISTRY))
+    return entry.info
+
+
+def _is_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # an nn.Module cannot exist without torch imported
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _is_detector(obj: Any) -> bool:
+    return callable(getattr(obj, "fit", None)) and callable(getattr(obj, "predict", None))
+
+
+def build_model(name: str, **kwargs: Any) -> BuiltModel:
+    """Call the factory of ``name`` with ``kwargs``; returns a :class:`BuiltModel`.
+
+    Checks that the result matches the declared kind: networks must be ``nn.Module``,
+    detectors must have callable ``fit`` and ``predict``.
+    """
+    info = model_info(name)
+    factory = _REGISTRY[name].factory
+    try:
+        result = factory(**kwargs)
+    except TypeError as err:
+        sig = ""
+        with contextlib.suppress(TypeError, ValueError):
+            sig = str(inspect.signature(factory))
+        raise CmbbenchError(
+            f"model {name!r}: factory {_qualname(factory)}{sig} rejected arguments "
+            f"{sorted(kwargs)}: {err}"
+        ) from err
+    overrides: dict[str, Any] = dict(info.recipe)
+    if isinstance(result, tuple):
+        if len(result) != 2 or not isinstance(result[1], Mapping):
+            raise CmbbenchError(
+                f"model {name!r}: a factory returning a tuple must return (module, recipe_overrides: dict), "
+                f"got a tuple of {len(result)} items"
+            )
+        result, extra = result
+        overrides.update(extra)
+    if _is_module(result):
+        kind: Literal["network", "detector"] = "network"
+    elif _is_detector(result):
+        kind = "detector"
+    else:
+        raise CmbbenchError(
+            f"model {name!r}: factory returned {type(result).__name__}, expected a torch.nn.Module "
+            "or a detector with fit(train, val, config) and predict(case)"
+        )
+    if info.kind != "auto" and info.kind != kind:
+        raise CmbbenchError(
+            f"model {name!r} is registered as kind {info.kind!r} but its factory returned a {kind} "
+            f"({type(result).__name__})"
+        )
+    if int(overrides.get("divisor", info.divisor)) != info.divisor:  # the factory decides
+        info = dataclasses.replace(info, divisor=int(overrides["divisor"]))
+    return BuiltModel(
+        name=name,
+        kind=kind,
+        model=result,
+        recipe_overrides=overrides,
+        info=info,
+        kwargs=dict(kwargs),
+    )
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Create a registered model (timm-style): the ``nn.Module`` or detector object.
+
+    Use :func:`build_model` to also get the recipe overrides and kind.
+    """
+    return build_model(name, **kwargs).model

@@ -1,0 +1,220 @@
+"""The model registry: decorator, create/list/info, unknown names, plug-ins, entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cmbbench.errors import CmbbenchError, UnknownNameError
+from cmbbench.models import registry
+from cmbbench.models.registry import (
+    PluginError,
+    build_model,
+    create_model,
+    list_models,
+    load_plugin,
+    model_info,
+    register_model,
+    unregister_model,
+)
+
+
+class _Counter:
+    """A trivial non-network detector (fit/predict)."""
+
+    def fit(self, train, val, config):
+        self.n = len(train)
+
+    def predict(self, case):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def cleanup():
+    names: list[str] = []
+    yield names
+    for n in names:
+        if n in registry._REGISTRY:
+            unregister_model(n)
+
+
+def test_register_bare_and_named_detector(cleanup):
+    @register_model
+    def reg_test_bare():
+        """A bare-decorated detector."""
+        return _Counter()
+
+    @register_model("reg_test_named", description="named one", kind="detector")
+    def _factory(scale: int = 1):
+        return _Counter()
+
+    cleanup += ["reg_test_bare", "reg_test_named"]
+    assert {"reg_test_bare", "reg_test_named"} <= set(list_models())
+    info = model_info("reg_test_bare")
+    assert info.description == "A bare-decorated detector."
+    assert info.kind == "auto" and info.source == __name__
+    built = build_model("reg_test_named", scale=2)
+    assert built.kind == "detector" and built.kwargs == {"scale": 2}
+    assert isinstance(create_model("reg_test_bare"), _Counter)
+
+
+def test_bad_factory_results_and_kwargs(cleanup):
+    @register_model("reg_test_bad", kind="network")
+    def _bad():
+        return _Counter()  # a detector, though declared a network
+
+    @register_model("reg_test_junk")
+    def _junk():
+        return 42
+
+    cleanup += ["reg_test_bad", "reg_test_junk"]
+    with pytest.raises(CmbbenchError, match="registered as kind 'network'"):
+        create_model("reg_test_bad")
+    with pytest.raises(CmbbenchError, match="returned int"):
+        create_model("reg_test_junk")
+    with pytest.raises(CmbbenchError, match="rejected arguments"):
+        create_model("reg_test_junk", nope=1)
+
+
+def test_network_with_recipe_overrides(cleanup):
+    torch = pytest.importorskip("torch")
+
+    @register_model("reg_test_net", recipe={"patch_size": (16, 16, 16)})
+    def _net():
+        return torch.nn.Conv3d(1, 2, 1), {"lr": 1e-3}
+
+    cleanup.append("reg_test_net")
+    built = build_model("reg_test_net")
+    assert built.kind == "network"
+    assert built.recipe_overrides == {"patch_size": (16, 16, 16), "lr": 1e-3}
+
+
+def test_duplicate_name_from_other_factory_is_refused(cleanup):
+    @register_model("reg_test_dup")
+    def _a():
+        return _Counter()
+
+    cleanup.append("reg_test_dup")
+    with pytest.raises(CmbbenchError, match="already registered"):
+
+        @register_model("reg_test_dup")
+        def _b():
+            return _Counter()
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(UnknownNameError) as err:
+        create_model("no_such_model")
+    msg = str(err.value)
+    assert "no_such_model" in msg and "unet3d" in msg and "smp_unet_r18" in msg
+
+
+def test_baselines_come_through_the_entry_point():
+    for name in ("unet3d", "unet3d_small", "unet3d_res", "unet3d_ds", "smp_unet_r18"):
+        assert model_info(name).source == "builtin baselines"
+    assert model_info("unet3d").recipe["patch_size"] == (40, 40, 40)
+    assert model_info("smp_unet_r18").divisor == 32
+
+
+def test_plugin_file_registers_and_reports_source(tmp_path, cleanup):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            from cmbbench import register_model
+
+            class Floor:
+                def fit(self, train, val, config): pass
+                def predict(self, case): return None
+
+            @register_model("reg_test_plugin_model", description="from a file")
+            def make():
+                return Floor()
+            """
+        )
+    )
+    load_plugin(str(plugin))
+    cleanup.append("reg_test_plugin_model")
+    info = model_info("reg_test_plugin_model")
+    assert info.source == f"plugin {plugin.resolve()}" and info.description == "from a file"
+    load_plugin(str(plugin))  # loading twice is a no-op, not a duplicate error
+
+
+def test_plugin_import_failure_names_plugin_with_traceback(tmp_path):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("import math\n\ndef helper():\n    return 1 / 0\n\nhelper()\n")
+    with pytest.raises(PluginError) as err:
+        load_plugin(str(plugin))
+    msg = str(err.value)
+    assert str(plugin) in msg and "ZeroDivisionError" in msg
+    assert "Traceback" in msg and "helper()" in msg  # the original traceback text
+    with pytest.raises(PluginError, match=r"no_such_plugin_module_xyz.*not on sys\.path"):
+        load_plugin("no_such_plugin_module_xyz")
+    with pytest.raises(PluginError, match="file not found"):
+        load_plugin(str(tmp_path / "missing.py"))
+
+
+def _fake_entry_points(tmp_path: Path, monkeypatch, body: str, value: str):
+    """Install a module on sys.path and an entry point to it (monkeypatched metadata)."""
+    (tmp_path / "ep_pkg_mod.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ep_pkg_mod", raising=False)
+    ep = importlib.metadata.EntryPoint(name="thirdparty", value=value, group="cmbbench.models")
+    real = importlib.metadata.entry_points
+
+    def fake(**kw):
+        eps = list(real(**kw))
+        return [*eps, ep] if kw.get("group") == "cmbbench.models" else eps
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+
+
+def test_entry_point_discovery_module_and_factory(tmp_path, monkeypatch, cleanup):
+    body = """
+        from cmbbench import register_model
+
+        class D:
+            def fit(self, train, val, config): pass
+            def predict(self, case): return None
+
+        @register_model("reg_test_ep_decorated")
+        def decorated():
+            return D()
+
+        def plain_factory():
+            '''A factory named by the entry point.'''
+            return D()
+        """
+    _fake_entry_points(tmp_path, monkeypatch, body, "ep_pkg_mod:plain_factory")
+    cleanup += ["reg_test_ep_decorated", "thirdparty"]
+    names = list_models()
+    assert "reg_test_ep_decorated" in names and "thirdparty" in names and "unet3d" in names
+    assert model_info("thirdparty").source == "entry point thirdparty"
+    assert model_info("thirdparty").description == "A factory named by the entry point."
+    assert model_info("reg_test_ep_decorated").source == "entry point thirdparty"
+
+
+def test_failing_entry_point_is_named(tmp_path, monkeypatch):
+    _fake_entry_points(tmp_path, monkeypatch, "raise ImportError('needs libfoo')\n", "ep_pkg_mod")
+    with pytest.raises(PluginError) as err:
+        list_models()
+    msg = str(err.value)
+    assert "'thirdparty'" in msg and "needs libfoo" in msg and "Traceback" in msg
+
+
+def test_registry_and_listing_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from cmbbench.models.registry import list_models, model_info\n"
+        "import cmbbench.models.detector\n"
+        "names = list_models()\n"
+        "assert 'unet3d' in names, names\n"
+        "assert 'torch' not in sys.modules, 'listing models imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

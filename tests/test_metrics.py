@@ -15,7 +15,7 @@ import cmbbench
 from cmbbench.errors import InputError
 from cmbbench.scoring import bootstrap, froc
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY, HEADLINE, aggregate, subject_level
-from cmbbench.scoring.records import CaseResult, Lesion, dumps
+from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport, dumps
 from cmbbench.scoring.summary import format_entry, summary_rows
 
 
@@ -447,6 +447,9 @@ def test_errors():
 
 def test_output_is_strict_json_and_public_name():
     m = cmbbench.aggregate(worked_cases() + sweep_cases(), n_bootstrap=50)
+    assert dumps(
+        aggregate(ScoreReport(cases=worked_cases() + sweep_cases()), n_bootstrap=50)
+    ) == dumps(m)
     text = dumps(m)  # allow_nan=False: no NaN leaks into the JSON
     assert json.loads(text)["schema"] == "cmbbench.metrics/1"
     assert "negatives included" in EDGE_CASE_POLICY or "negative scans included" in EDGE_CASE_POLICY

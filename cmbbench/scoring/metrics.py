@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from cmbbench.errors import InputError
 from cmbbench.scoring import froc
 from cmbbench.scoring.bootstrap import entry, ratio, resample_counts, validate
-from cmbbench.scoring.records import CaseResult, Lesion, dumps
+from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport, dumps
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,15 @@ def _size_known(lesion: Lesion) -> bool:
     return lesion.voxels > 0 or lesion.diameter_mm > 0
 
 
-def prepare_cases(cases: Sequence[CaseResult]) -> list[CaseResult]:
+def prepare_cases(cases: Sequence[CaseResult] | ScoreReport) -> list[CaseResult]:
     """Validate case results and return them sorted by case id.
 
     Raises :class:`InputError` for an empty list, a non-``CaseResult`` entry, duplicate case
     ids, cases scored under different rules or parameters, or inconsistent counts.
     """
-    if isinstance(cases, CaseResult):
+    if isinstance(cases, ScoreReport):
+        cases = cases.cases
+    elif isinstance(cases, CaseResult):
         cases = [cases]
     cases = list(cases)
     if not cases:
@@ -602,7 +604,7 @@ def _valdo(t: CaseTable) -> dict[str, Any] | None:
 
 # --------------------------------------------------------------------------- public
 def aggregate(
-    cases: Sequence[CaseResult],
+    cases: Sequence[CaseResult] | ScoreReport,
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -613,13 +615,14 @@ def aggregate(
 ) -> dict[str, Any]:
     """Every aggregate metric of the scoring contract, with bootstrap CIs over cases.
 
-    ``cases``: per-case results of one rule and parameter set (any order; duplicate case ids,
-    mixed rules or an empty list are an :class:`InputError`). ``n_bootstrap`` resamples of
-    the cases (0 disables intervals) drawn from ``numpy.random.default_rng(seed)`` give
-    percentile intervals of level ``ci``. ``count_thresholds``: subject-level thresholds k
-    (scans with ``>= k`` lesions are positive). ``fp_rates``:
-    FP-per-scan rates of the sensitivity table and the CPM. ``size_bins_mm``: inner edges of
-    the equivalent-diameter bins (mm). Returns the dict described in the module docstring.
+    ``cases``: per-case results of one rule and parameter set, or a :class:`ScoreReport`, in
+    any order (duplicate case ids, mixed rules or parameters, or an empty list are an
+    :class:`InputError`). ``n_bootstrap`` resamples of the cases (0 disables intervals) drawn
+    from ``numpy.random.default_rng(seed)`` give percentile intervals of level ``ci``.
+    ``count_thresholds``: subject-level thresholds k (scans with ``>= k`` lesions are
+    positive). ``fp_rates``: FP-per-scan rates of the sensitivity table and the CPM.
+    ``size_bins_mm``: inner edges of the equivalent-diameter bins (mm). Returns the dict
+    described in the module docstring.
     """
     validate(n_bootstrap, ci)
     if not count_thresholds or any(int(k) < 1 for k in count_thresholds):

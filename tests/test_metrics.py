@@ -469,3 +469,53 @@ def test_summary_rows():
     assert summary_rows(m, counts=False)[0][0] == HEADLINE["recall_micro"]
     with pytest.raises(InputError, match="headline"):
         summary_rows({"n_cases": 3})
+
+
+def reference_sweep(scores, is_tp, n_gt, n_scans, rates):
+    """Brute force: try every threshold (each distinct score, and +inf for nothing kept)."""
+    points = [(0, 0)]
+    for t in sorted(set(scores)):
+        kept = [tp for s, tp in zip(scores, is_tp, strict=True) if s >= t]
+        points.append((sum(not k for k in kept), sum(kept)))
+    sens = [max(tp for fp, tp in points if fp / n_scans <= r) / n_gt for r in rates]
+    # AP: walk thresholds from high to low, add precision at each recall step
+    ap, prev_tp = 0.0, 0
+    for t in sorted(set(scores), reverse=True):
+        kept = [tp for s, tp in zip(scores, is_tp, strict=True) if s >= t]
+        tp = sum(kept)
+        ap += (tp - prev_tp) / n_gt * (tp / len(kept))
+        prev_tp = tp
+    return sens, ap
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_froc_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    scores = [float(v) for v in np.round(rng.uniform(0, 1, n), 1)]  # rounding makes ties
+    is_tp = [bool(v) for v in rng.uniform(size=n) < 0.4]
+    n_gt = sum(is_tp) + int(rng.integers(0, 5))
+    if n_gt == 0:
+        n_gt = 1
+    n_scans = int(rng.integers(1, 8))
+    sens, ap = reference_sweep(scores, is_tp, n_gt, n_scans, froc.FP_RATES)
+    np.testing.assert_allclose(froc.sensitivity_at(scores, is_tp, n_gt, n_scans), sens)
+    assert froc.average_precision(scores, is_tp, n_gt) == pytest.approx(ap)
+
+
+def test_perfect_prediction():
+    # every CMB found once, nothing else: recall = precision = F1 = 1, 0 FP, CPM = AP = 1,
+    # DiceTP 1 (identical masks), subject level perfect; a negative scan stays clean
+    cases = [
+        make_case("p1", 3, 3, 3, scores=[0.9, 0.8, 0.7]),
+        make_case("p2", 1, 1, 1, scores=[0.6]),
+        make_case("p3", 0, 0, 0, scores=[]),
+    ]
+    m = aggregate(cases, n_bootstrap=100)
+    h = m["headline"]
+    for key in ("recall_micro", "precision_micro", "f1_micro", "recall_macro", "f1_macro"):
+        assert h[key]["value"] == 1.0 and h[key]["ci"] == [1.0, 1.0], key
+    assert h["fp_per_scan"]["value"] == 0.0 and h["fp_per_cmb"]["value"] == 0.0
+    assert h["cpm"]["value"] == 1.0 and h["ap"]["value"] == 1.0
+    assert h["dice_tp_micro"]["value"] == 1.0 and h["subject_f1_at_1"]["value"] == 1.0
+    assert m["subject"]["1"]["specificity"] == 1.0

@@ -1,5 +1,290 @@
-"""`cmbbench` commands of the data group (registered on the shared app)."""
+"""`cmbbench data ...`: list, inspect, show, generate and export datasets (thin calls into the library)."""
 
 from __future__ import annotations
 
-from cmbbench.cli._app import app  # noqa: F401
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cmbbench.cli._app import app, console, err_console, fail
+from cmbbench.errors import CmbbenchError
+
+data_app = typer.Typer(
+    name="data",
+    help="Datasets: list them, summarise one, draw a case, generate the synthetic set, export to nnU-Net.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option("--root", help="Dataset folder (needed by every dataset except synthetic)."),
+]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="Dataset preset (synthetic).")]
+SplitFileOpt = Annotated[
+    Path | None,
+    typer.Option("--split-file", help='JSON {"train": [...], "val": [...], "test": [...]}.'),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of the dataset / of the computed split.")
+]
+OptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--opt",
+        "-o",
+        help="Dataset option KEY=VALUE (repeatable; VALUE is JSON or text, a,b,c is a list), "
+        "e.g. -o space=voxel, -o channels=T2S,T1.",
+    ),
+]
+
+
+def _parse_opts(opts: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in opts or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--opt expects KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = [v.strip() for v in raw.split(",")] if "," in raw else raw
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _options(
+    preset: str | None, split_file: Path | None, seed: int, opts: list[str] | None
+) -> dict[str, Any]:
+    options = _parse_opts(opts)
+    if preset is not None:
+        options["preset"] = preset
+    if split_file is not None:
+        options["split_file"] = str(split_file)
+    options["seed"] = seed
+    return options
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar (on stderr) exposed as a ``progress(done, total)`` callback."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _load(name: str, root: Path | None, split: str | None, options: dict[str, Any]):
+    from cmbbench.datasets.registry import load_dataset
+
+    return load_dataset(name, root=str(root) if root is not None else None, split=split, **options)
+
+
+@data_app.command("list")
+def list_command() -> None:
+    """List the registered datasets with their default scoring rule."""
+    from cmbbench.datasets.registry import dataset_info, list_datasets
+
+    table = Table(title="datasets")
+    for col in ("name", "version", "default rule", "labels", "needs --root", "description"):
+        table.add_column(col)
+    for name in list_datasets():
+        info = dataset_info(name)
+        params = ", ".join(f"{k}={v}" for k, v in info.rule_params.items())
+        rule = info.default_rule + (f" ({params})" if params else "")
+        table.add_row(
+            name,
+            info.version,
+            rule,
+            info.label_kind,
+            "yes" if info.needs_root else "no",
+            info.description,
+        )
+    console.print(table)
+
+
+def _dist(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
+    a = np.asarray(values, dtype=np.float64)
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return f"median {med:{fmt}} (IQR {q1:{fmt}}–{q3:{fmt}}, range {a.min():{fmt}}–{a.max():{fmt}})"
+
+
+@data_app.command("info")
+def info_command(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `cmbbench data list`).")],
+    root: RootOpt = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="train, val or test (default: all).")
+    ] = None,
+    preset: PresetOpt = None,
+    split_file: SplitFileOpt = None,
+    seed: SeedOpt = 0,
+    opt: OptOpt = None,
+) -> None:
+    """Summarise a dataset: cases, CMB counts and sizes, negatives, grids, cohorts/protocols."""
+    from cmbbench.datasets.summary import summarize_dataset
+
+    try:
+        ds = _load(name, root, split, _options(preset, split_file, seed, opt))
+        with _progress(f"reading {name}") as progress:
+            s = summarize_dataset(ds, progress=progress)
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+
+    info = ds.info
+    counts = list(s.counts.values())
+    title = f"{info.name} v{info.version}" + (f", split {s.split}" if s.split else "")
+    t = Table(title=title, show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    t.add_row("cases", str(s.n_cases))
+    t.add_row("labelled cases", str(s.n_labelled))
+    t.add_row("negatives (no CMB)", str(s.n_negative))
+    t.add_row("CMBs total", str(s.n_cmb))
+    t.add_row("CMBs per case", _dist(counts, ".3g") if counts else "n/a")
+    t.add_row("cases by CMB count", ", ".join(f"{b}: {n}" for b, n in s.count_bins().items()))
+    t.add_row("CMB size (voxels)", _dist(s.sizes_voxels, ".3g"))
+    t.add_row("CMB diameter (mm, equiv. sphere)", _dist(s.diameters_mm, ".2f"))
+    params = ", ".join(f"{k}={v}" for k, v in info.rule_params.items())
+    t.add_row("default rule", info.default_rule + (f" ({params})" if params else ""))
+    t.add_row("label kind", ", ".join(f"{k} ({n})" for k, n in sorted(s.label_kinds.items())))
+    console.print(t)
+
+    for head, counter, fmt in (
+        ("cohort / protocol", s.groups, str),
+        ("spacing (mm)", s.spacings, lambda v: " × ".join(f"{x:g}" for x in v)),
+        ("shape (voxels)", s.shapes, lambda v: " × ".join(str(x) for x in v)),
+    ):
+        g = Table()
+        g.add_column(head)
+        g.add_column("cases", justify="right")
+        for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+            g.add_row(fmt(key), str(n))
+        console.print(g)
+
+
+@data_app.command("show")
+def show_command(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    case_id: Annotated[str, typer.Argument(metavar="CASE", help="Case id, e.g. sub-101.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+    root: RootOpt = None,
+    preset: PresetOpt = None,
+    seed: SeedOpt = 0,
+    opt: OptOpt = None,
+    max_cmbs: Annotated[int, typer.Option("--max-cmbs", min=1, help="CMBs to show at most.")] = 6,
+    crop_mm: Annotated[float, typer.Option("--crop-mm", min=2.0, help="Crop side in mm.")] = 40.0,
+) -> None:
+    """Write a PNG montage of axial crops through a case's CMBs, labels outlined (mimics marked)."""
+    from cmbbench.datasets.viz import render_case
+
+    try:
+        ds = _load(name, root, None, _options(preset, None, seed, opt))
+        try:
+            case = ds.case(case_id)
+        except KeyError as err:
+            raise fail(str(err.args[0])) from None
+        path = render_case(case, out, max_cmbs=max_cmbs, crop_mm=crop_mm)
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot write {out}: {err.strerror or err}") from None
+    console.print(f"wrote {path}", highlight=False)
+
+
+@data_app.command("generate")
+def generate_command(
+    name: Annotated[str, typer.Argument(help="Only 'synthetic' can be generated.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the NIfTI tree into.")],
+    n: Annotated[
+        int | None, typer.Option("--n", min=1, help="Number of subjects (default: preset's).")
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option("--protocol", help="Acquisition protocol (default: the preset's mix)."),
+    ] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Dataset preset.")] = "default",
+    seed: SeedOpt = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker processes (default: all cores).")
+    ] = None,
+) -> None:
+    """Write the synthetic set as a VALDO-style NIfTI tree with JSON sidecars."""
+    if name != "synthetic":
+        raise fail(f"only the 'synthetic' dataset can be generated, got {name!r}")
+    try:
+        from cmbbench.datasets.synthetic import export_tree
+    except ImportError as err:
+        raise fail(f"the synthetic generator is not available ({err})") from None
+    try:
+        with _progress("generating") as progress:
+            path = export_tree(
+                out,
+                n=n,
+                preset=preset,
+                protocol=protocol,
+                seed=seed,
+                workers=workers,
+                progress=progress,
+            )
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot write {out}: {err.strerror or err}") from None
+    console.print(f"wrote {path}", highlight=False)
+
+
+@data_app.command("export-nnunet")
+def export_nnunet_command(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    out: Annotated[Path, typer.Option("--out", help="nnU-Net raw folder (nnUNet_raw).")],
+    dataset_id: Annotated[int, typer.Option("--id", min=0, max=999, help="nnU-Net dataset id.")],
+    dataset_name: Annotated[
+        str | None, typer.Option("--name", help="nnU-Net dataset name (default: cmbbench_<NAME>).")
+    ] = None,
+    root: RootOpt = None,
+    split: Annotated[str | None, typer.Option("--split", help="Export only this split.")] = None,
+    preset: PresetOpt = None,
+    split_file: SplitFileOpt = None,
+    seed: SeedOpt = 0,
+    opt: OptOpt = None,
+    channel_name: Annotated[str, typer.Option("--channel-name", help="Name of channel 0.")] = "T2S",
+) -> None:
+    """Write a dataset as an nnU-Net v2 raw folder Dataset<ID>_<name> (labels uint8 0/1)."""
+    from cmbbench.datasets.nnunet import export_nnunet
+
+    try:
+        ds = _load(name, root, split, _options(preset, split_file, seed, opt))
+        with _progress("exporting") as progress:
+            path = export_nnunet(
+                ds,
+                out,
+                dataset_id=dataset_id,
+                name=dataset_name or f"cmbbench_{name}",
+                channel_name=channel_name,
+                progress=progress,
+            )
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot write {out}: {err.strerror or err}") from None
+    console.print(f"wrote {path}", highlight=False)

@@ -1,0 +1,173 @@
+"""`cmbbench data` commands through typer's CliRunner on fixture trees."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixture_trees import write_folder_tree, write_valdo_tree
+from typer.testing import CliRunner
+
+from cmbbench.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch):
+    # rich wraps tables at the terminal width (80 under CliRunner): widen so rows stay on one line
+    from cmbbench.cli._app import console
+
+    monkeypatch.setattr(console, "width", 240)
+
+
+def _cell(out: str, key: str) -> str:
+    """The value next to ``key`` in a two-column rich table."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if key in cells:
+            return cells[cells.index(key) + 1]
+    raise AssertionError(f"no row {key!r} in:\n{out}")
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, ["data", *args])
+
+
+def test_list() -> None:
+    r = _invoke("list")
+    assert r.exit_code == 0, r.output
+    for name in ("valdo", "nnunet", "points", "folder"):
+        assert name in r.output
+    assert "point (max_distance_mm=5.0)" in r.output
+
+
+def test_info_on_valdo_tree(tmp_path) -> None:
+    write_valdo_tree(tmp_path)  # counts 2, 0, 3, 1, 1 -> 7 CMBs, 1 negative
+    r = _invoke("info", "valdo", "--root", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert _cell(out, "cases") == "5"
+    assert _cell(out, "CMBs total") == "7"
+    assert _cell(out, "negatives (no CMB)") == "1"
+    assert _cell(out, "cases by CMB count") == "0: 1, 1: 2, 2-4: 2, 5-10: 0, >10: 0"
+    # every CMB is a 2×2×1 block: 4 voxels
+    assert _cell(out, "CMB size (voxels)") == "median 4 (IQR 4–4, range 4–4)"
+    assert _cell(out, "default rule") == "overlap (min_overlap_voxels=1)"
+    assert "cohort1" in out and "cohort3" in out
+    assert "0.45 × 0.45 × 4" in out and "32 × 32 × 24" in out
+
+
+def test_info_split_and_errors(tmp_path) -> None:
+    write_valdo_tree(tmp_path)
+    r = _invoke("info", "valdo", "--root", str(tmp_path), "--split", "test")
+    assert r.exit_code == 0, r.output
+    assert "valdo v1, split test" in r.output and _cell(r.output, "cases") == "1"
+    r = _invoke("info", "valdo")
+    assert r.exit_code == 1 and "needs --root PATH" in r.output
+    r = _invoke("info", "nope")
+    assert r.exit_code == 1 and "unknown dataset 'nope'" in r.output
+    r = _invoke("info", "valdo", "--root", str(tmp_path), "--preset", "small")
+    assert r.exit_code == 1 and "unknown option(s) preset" in r.output
+    r = _invoke("info", "valdo", "--root", str(tmp_path), "-o", "channels=T2S,T9")
+    assert r.exit_code == 1 and "T9" in r.output
+
+
+def test_show_writes_png(tmp_path) -> None:
+    write_valdo_tree(tmp_path / "v")
+    out = tmp_path / "case.png"
+    r = _invoke("show", "valdo", "sub-201", "--root", str(tmp_path / "v"), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    # a negative case draws full slices instead of crops
+    r = _invoke("show", "valdo", "sub-102", "--root", str(tmp_path / "v"), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    r = _invoke("show", "valdo", "sub-999", "--root", str(tmp_path / "v"), "--out", str(out))
+    assert r.exit_code == 1 and "no case 'sub-999'" in r.output
+
+
+def test_export_nnunet_command(tmp_path) -> None:
+    write_folder_tree(tmp_path / "f")
+    r = _invoke(
+        "export-nnunet",
+        "folder",
+        "--root",
+        str(tmp_path / "f"),
+        "--out",
+        str(tmp_path / "raw"),
+        "--id",
+        "42",
+    )
+    assert r.exit_code == 0, r.output
+    spec = json.loads(
+        (tmp_path / "raw" / "Dataset042_cmbbench_folder" / "dataset.json").read_text()
+    )
+    assert spec["numTraining"] == 5
+
+
+def test_generate_wires_export_tree(tmp_path, monkeypatch) -> None:
+    import cmbbench.datasets.synthetic as synthetic
+
+    calls = {}
+
+    def fake_export_tree(
+        out_dir, *, n=None, preset="default", protocol=None, seed=0, workers=None, progress=None
+    ):
+        calls.update(out_dir=out_dir, n=n, preset=preset, protocol=protocol, seed=seed)
+        progress(1, 1)
+        return out_dir
+
+    monkeypatch.setattr(synthetic, "export_tree", fake_export_tree, raising=False)
+    r = _invoke(
+        "generate",
+        "synthetic",
+        "--out",
+        str(tmp_path),
+        "--n",
+        "3",
+        "--protocol",
+        "swi",
+        "--seed",
+        "4",
+    )
+    assert r.exit_code == 0, r.output
+    assert calls == {"out_dir": tmp_path, "n": 3, "preset": "default", "protocol": "swi", "seed": 4}
+    r = _invoke("generate", "valdo", "--out", str(tmp_path))
+    assert r.exit_code == 1 and "only the 'synthetic'" in r.output
+
+
+@pytest.mark.parametrize("kind", ["points"])
+def test_show_points_case(tmp_path, kind) -> None:
+    from fixture_trees import las_affine, write_nifti
+
+    write_nifti(
+        tmp_path / "images" / "s1.nii.gz", np.ones((16, 16, 6), np.float32), las_affine((1, 1, 3))
+    )
+    (tmp_path / "points.csv").write_text("case_id,x,y,z\ns1,4,5,2\n")
+    out = tmp_path / "p.png"
+    r = _invoke("show", kind, "s1", "--root", str(tmp_path), "-o", "space=voxel", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 1000
+
+
+def test_summary_sizes_and_diameters() -> None:
+    from cmbbench.datasets.summary import component_sizes, equivalent_diameter_mm
+
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[1:3, 1:3, 1] = 1  # 4 voxels
+    lab[6, 6, 6:9] = 1  # 3 voxels
+    lab[9, 0, 0] = 1  # 1 voxel, touches nothing
+    assert sorted(component_sizes(lab, "mask").tolist()) == [1, 3, 4]
+    assert component_sizes(np.zeros((2, 3)), "points").size == 0
+    inst = lab.astype(np.int32)
+    inst[6, 6, 6:9] = 5
+    assert sorted(component_sizes(inst, "instance").tolist()) == [
+        3,
+        5,
+    ]  # ids 1 (5 vox) and 5 (3 vox)
+    # 4 voxels of 0.49×0.49×0.8 mm = 0.76832 mm³ -> sphere diameter cbrt(6·0.76832/π) = 1.1364 mm
+    np.testing.assert_allclose(
+        equivalent_diameter_mm(np.array([4]), (0.49, 0.49, 0.8)), [1.1364], atol=1e-4
+    )

@@ -1,5 +1,34 @@
-"""`cmbbench` commands of the models group (registered on the shared app)."""
+"""`cmbbench models`: list every registered model (built-in, entry points, plug-ins)."""
 
 from __future__ import annotations
 
-from cmbbench.cli._app import app  # noqa: F401
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cmbbench.cli._app import app, console
+
+
+@app.command("models")
+def models_command(
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="Import a plug-in module or .py file that registers models (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """List registered models: name, kind, description and where each came from."""
+    from cmbbench.models.registry import list_models, load_plugin, model_info
+
+    for item in plugin or []:
+        load_plugin(item)
+    table = Table(title="cmbbench models", show_lines=False)
+    for col in ("name", "kind", "description", "source"):
+        table.add_column(col, overflow="fold")
+    for name in list_models():
+        info = model_info(name)
+        table.add_row(name, info.kind, info.description, info.source)
+    console.print(table)

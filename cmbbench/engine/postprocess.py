@@ -1,0 +1,183 @@
+"""Post-processing of probability maps: threshold + minimum component size, and its tuning.
+
+A prediction's components are the connected components (26-connectivity by default) of
+``prob >= threshold``; components smaller than ``min_size`` voxels are removed. The cleaned
+map keeps the probabilities of the kept components and is 0 everywhere else, so scoring it
+at the same threshold finds exactly the kept components, each scored by its maximum
+probability. The two parameters are tuned on the validation split only
+(:func:`tune_postprocess`), by lesion-level micro F1. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import cc3d
+import numpy as np
+
+from cmbbench.cases import Case
+from cmbbench.errors import CmbbenchError, InputError
+
+Connectivity = Literal[6, 18, 26]
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Threshold on the probability, minimum component size in voxels, connectivity."""
+
+    threshold: float = 0.5
+    min_size: int = 1
+    connectivity: Connectivity = 26
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """Micro-averaged validation counts for one (threshold, min_size) pair."""
+
+    threshold: float
+    min_size: int
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def f1(self) -> float:
+        """Lesion-level micro F1 = 2 TP / (2 TP + FP + FN); 0 when all counts are 0."""
+        d = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / d if d else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "f1": self.f1}
+
+
+def _check_prob(prob: np.ndarray, case_id: str | None = None) -> np.ndarray:
+    prob = np.asarray(prob)
+    if prob.ndim != 3:
+        raise InputError(f"probability map must be 3-D (X, Y, Z), got {prob.shape}", case=case_id)
+    return prob
+
+
+def _components(
+    prob: np.ndarray, threshold: float, connectivity: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (X, Y, Z) of ``prob >= threshold`` and the size (voxels) of each label."""
+    labels = cc3d.connected_components(
+        np.ascontiguousarray(prob >= threshold), connectivity=connectivity
+    )
+    return labels, np.bincount(labels.ravel())
+
+
+def clean_probability(
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    min_size: int = 1,
+    connectivity: Connectivity = 26,
+) -> np.ndarray:
+    """float32 (X, Y, Z): ``prob`` inside components of ``prob >= threshold`` with at least
+    ``min_size`` voxels, 0 elsewhere."""
+    prob = _check_prob(prob)
+    if connectivity not in (6, 18, 26):
+        raise CmbbenchError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    labels, sizes = _components(prob, threshold, connectivity)
+    keep = sizes >= max(int(min_size), 1)
+    keep[0] = False
+    return np.where(keep[labels], prob, 0).astype(np.float32, copy=False)
+
+
+def postprocess_grid(
+    probs: Sequence[np.ndarray],
+    cases: Sequence[Case],
+    thresholds: Sequence[float],
+    min_sizes: Sequence[int],
+    *,
+    rule: str = "overlap",
+    rule_params: Mapping[str, Any] | None = None,
+    connectivity: Connectivity = 26,
+) -> list[GridPoint]:
+    """Score every (threshold, min_size) pair on the cases; micro-summed TP/FP/FN.
+
+    ``probs[i]`` is the probability map (X, Y, Z) of ``cases[i]`` (labelled cases). Each
+    cleaned prediction is scored with :func:`cmbbench.scoring.case.score_case` under
+    ``rule`` and ``rule_params`` (e.g. ``{"max_distance_mm": 5.0}``), using the case's
+    affine, ignore mask and label.
+    """
+    from cmbbench.scoring.case import score_case
+
+    if len(probs) != len(cases):
+        raise CmbbenchError(f"got {len(probs)} probability maps for {len(cases)} cases")
+    if not thresholds or not min_sizes:
+        raise CmbbenchError("tune_postprocess needs at least one threshold and one min_size")
+    params = dict(rule_params or {})
+    counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
+    for prob, case in zip(probs, cases, strict=True):
+        prob = _check_prob(prob, case.case_id)
+        if prob.shape != tuple(case.shape):
+            raise InputError(
+                f"probability map shape {prob.shape} differs from the image shape {case.shape}",
+                case=case.case_id,
+            )
+        if case.label is None:
+            raise InputError("post-processing is tuned on labelled cases only", case=case.case_id)
+        for t in thresholds:
+            labels, sizes = _components(prob, float(t), connectivity)
+            for m in min_sizes:
+                keep = sizes >= max(int(m), 1)
+                keep[0] = False
+                mask = keep[labels].astype(np.uint8)
+                res = score_case(
+                    mask,
+                    case.label,
+                    affine=case.affine,
+                    rule=rule,
+                    connectivity=connectivity,
+                    pred_kind="mask",
+                    ignore=case.ignore,
+                    case_id=case.case_id,
+                    **params,
+                )
+                c = counts[(float(t), int(m))]
+                c[0] += res.tp
+                c[1] += res.fp
+                c[2] += res.fn
+    return [GridPoint(t, m, *c) for (t, m), c in counts.items()]
+
+
+def best_grid_point(grid: Sequence[GridPoint]) -> GridPoint:
+    """Highest F1; ties go to fewer false positives, then the higher threshold, then the
+    larger minimum size (the more conservative setting)."""
+    if not grid:
+        raise CmbbenchError("empty post-processing grid")
+    return max(grid, key=lambda g: (g.f1, -g.fp, g.threshold, g.min_size))
+
+
+def tune_postprocess(
+    probs: Sequence[np.ndarray],
+    cases: Sequence[Case],
+    thresholds: Sequence[float],
+    min_sizes: Sequence[int],
+    *,
+    rule: str = "overlap",
+    rule_params: Mapping[str, Any] | None = None,
+    connectivity: Connectivity = 26,
+) -> tuple[float, int]:
+    """``(threshold, min_size)`` maximising lesion-level micro F1 on (validation) cases.
+
+    See :func:`postprocess_grid` for the arguments and :func:`best_grid_point` for ties.
+    """
+    best = best_grid_point(
+        postprocess_grid(
+            probs,
+            cases,
+            thresholds,
+            min_sizes,
+            rule=rule,
+            rule_params=rule_params,
+            connectivity=connectivity,
+        )
+    )
+    return best.threshold, best.min_size

@@ -1,0 +1,102 @@
+"""Every registered model builds; networks run a forward pass of the right shape, no NaNs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmbbench.models.detector import (
+    Detector,
+    ModelShapeError,
+    Prediction,
+    check_input_size,
+    check_output_shape,
+)
+from cmbbench.models.registry import build_model, list_models, model_info
+
+torch = pytest.importorskip("torch")
+
+
+def _small_shape(divisor: int) -> tuple[int, int, int]:
+    # the smallest anisotropic input the model takes: exercises each axis separately
+    d = max(divisor, 8)
+    return (2 * d, d, d) if d < 32 else (d, d, d)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_and_runs(name):
+    torch.manual_seed(0)
+    built = build_model(name)
+    if built.kind == "detector":
+        assert isinstance(built.model, Detector)
+        return
+    model, info = built.model, built.info
+    shape = _small_shape(info.divisor)
+    check_input_size(info, shape)
+    assert check_output_shape(model, shape, name=name, divisor=info.divisor) in (
+        "softmax2",
+        "logit1",
+    )
+    x = torch.randn(2, 1, *shape)
+    model.train()
+    out = model(x)
+    assert out.shape[0] == 2 and out.shape[1] in (1, 2) and tuple(out.shape[2:]) == shape
+    assert torch.isfinite(out).all(), f"{name}: non-finite output"
+    out.float().mean().backward()
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_smp_size_is_checked_up_front():
+    with pytest.raises(
+        ModelShapeError,
+        match=r"'smp_unet_r18' needs spatial sizes divisible by 32, got \(40, 40, 40\)",
+    ):
+        check_input_size(model_info("smp_unet_r18"), (40, 40, 40))
+    check_input_size("unet3d", (40, 40, 40))  # multiple of 8: fine
+    with pytest.raises(ModelShapeError, match="divisible by 8"):
+        check_input_size("unet3d", (1, 1, 36, 40, 40))
+
+
+def test_check_output_shape_names_the_model():
+    with pytest.raises(ModelShapeError, match=r"'shrinker'.*does not match"):
+        check_output_shape(torch.nn.Conv3d(1, 2, 3), (8, 8, 8), name="shrinker")
+    with pytest.raises(ModelShapeError, match=r"'three'.*3 channels"):
+        check_output_shape(torch.nn.Conv3d(1, 3, 1), (8, 8, 8), name="three")
+    with pytest.raises(ModelShapeError, match=r"'fails' failed on an input"):
+        check_output_shape(torch.nn.Conv3d(2, 2, 1), (8, 8, 8), name="fails")
+    assert check_output_shape(torch.nn.Conv3d(1, 1, 1), (8, 8, 8)) == "logit1"
+
+
+def test_unet3d_matches_the_seed_network():
+    net = build_model("unet3d").model
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    # encoder: two 3×3×3 convs per level with 32/64/128/256 filters
+    enc = [c.out_channels for c in convs[:8]]
+    assert enc == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert all(c.kernel_size == (3, 3, 3) for c in convs[:-1])
+    assert convs[-1].kernel_size == (1, 1, 1) and convs[-1].out_channels == 2
+    assert any(isinstance(m, torch.nn.ELU) for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.zeros(1, 1, 12, 16, 16))
+
+
+def test_deep_supervision_aux_outputs_only_in_training():
+    net = build_model("unet3d_ds", filters=(4, 8, 16)).model
+    x = torch.randn(2, 1, 8, 8, 8)
+    net.train()
+    out = net(x)
+    assert out.shape == (2, 2, 8, 8, 8)
+    assert [a.shape for a in net.aux_outputs] == [(2, 2, 8, 8, 8)]  # one level below the top
+    net.eval()
+    assert net(x).shape == (2, 2, 8, 8, 8) and net.aux_outputs == []
+
+
+def test_prediction_holds_exactly_one_form():
+    p = Prediction(points=[[1.0, 2.0, 3.0]])
+    assert p.kind == "points" and p.scores.tolist() == [1.0]
+    assert Prediction(prob=np.zeros((2, 2, 2))).array.dtype == np.float32
+    with pytest.raises(Exception, match="exactly one"):
+        Prediction(prob=np.zeros((2, 2, 2)), mask=np.zeros((2, 2, 2)))
+    with pytest.raises(Exception, match="2 scores"):
+        Prediction(points=np.zeros((1, 3)), scores=[0.1, 0.2])

@@ -1,0 +1,97 @@
+"""``build_leaderboard``: run records in, Markdown + CSV + HTML + PNG plots out, byte-stable.
+
+Output layout under ``out_dir``::
+
+    leaderboard.md     README-ready tables (one per dataset version, rule and track)
+    leaderboard.csv    every row with mean / sd / min / max / CI bounds, fixed formatting
+    leaderboard.html   one self-contained page, sortable tables, plots embedded
+    plots/<table>-froc.png, plots/<table>-size-recall.png, plots/<table>-fp-per-scan.png
+
+Regeneration is byte-stable: inputs are sorted, every number is formatted with a fixed
+number of digits, the bootstrap has a fixed seed, PNGs carry no metadata and nothing records
+a time or a path of the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cmbbench.leaderboard.plots import plot_fp_distribution, plot_froc, plot_size_recall
+from cmbbench.leaderboard.render_csv import render_csv
+from cmbbench.leaderboard.render_html import render_html
+from cmbbench.leaderboard.render_md import render_markdown
+from cmbbench.leaderboard.significance import add_significance
+from cmbbench.leaderboard.store import group_runs, load_records
+from cmbbench.leaderboard.table import Table, build_table
+
+N_BOOTSTRAP = 1000
+BOOTSTRAP_SEED = 0
+
+PLOTS = {
+    "FROC curves": ("froc", plot_froc),
+    "Recall by CMB size": ("size-recall", plot_size_recall),
+    "FP per scan": ("fp-per-scan", plot_fp_distribution),
+}
+
+
+def build_tables(
+    record_paths: Sequence[str | os.PathLike[str]],
+    *,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[Table]:
+    """Load the run records under ``record_paths`` and build every table (with significance)."""
+    tables = []
+    for key, runs in group_runs(load_records(record_paths)).items():
+        table = build_table(key, runs, n_bootstrap=n_bootstrap, seed=seed)
+        add_significance(table)
+        tables.append(table)
+    return tables
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def build_leaderboard(
+    record_paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[Path]:
+    """Build the leaderboard from run records (files or folders) into ``out_dir``.
+
+    Returns the written files, sorted. ``n_bootstrap`` case resamples with ``seed`` give every
+    confidence interval and paired p-value. Raises :class:`~cmbbench.errors.InputError` naming
+    the file when no record is found or a record is malformed.
+    """
+    out = Path(out_dir)
+    tables = build_tables(record_paths, n_bootstrap=n_bootstrap, seed=seed)
+    written: list[Path] = []
+    md_plots: dict[str, dict[str, str]] = {}
+    html_images: dict[str, dict[str, Path]] = {}
+    for t in tables:
+        slug = t.key.slug
+        for caption, (suffix, plot) in PLOTS.items():
+            path = plot(t, out / "plots" / f"{slug}-{suffix}.png")
+            written.append(path)
+            md_plots.setdefault(slug, {})[caption] = f"plots/{path.name}"
+            html_images.setdefault(slug, {})[caption] = path
+    written.append(_write_text(out / "leaderboard.md", render_markdown(tables, md_plots)))
+    written.append(_write_text(out / "leaderboard.csv", render_csv(tables)))
+    written.append(_write_text(out / "leaderboard.html", render_html(tables, html_images)))
+    return sorted(written, key=lambda p: p.as_posix())

@@ -1,0 +1,290 @@
+"""Find, load and validate run records, and group them into leaderboard tables.
+
+A run record is one JSON file per run (``docs/run-record.md``). The leaderboard reads only
+what it needs from it into a :class:`RunEntry`: the model, the recipe (preset and overridden
+keys), the hardware, the dataset (name, version, split), the seed, the scoring rule and its
+parameters, the per-case records and the timings. Tables are then grouped by dataset name +
+version + split, scoring rule + parameters, and *track* (preset and hardware class), so a row
+is only ever compared with rows scored on the same cases under the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmbbench.errors import InputError
+from cmbbench.scoring.records import CaseResult, dumps
+
+log = logging.getLogger(__name__)
+
+RECORD_TYPE = "cmbbench-run"  # the "record_type" of a run record (cmbbench.engine.record)
+RECORD_NAME = "record.json"
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """What a leaderboard table holds: one dataset version, one rule, one track."""
+
+    dataset: str
+    version: str
+    split: str
+    rule: str
+    params: str  # the rule parameters as deterministic JSON
+    track: str  # "<preset> / <hardware class>", e.g. "quick / cpu"
+
+    @property
+    def title(self) -> str:
+        return (
+            f"{self.dataset} v{self.version} ({self.split}) · rule {self.rule} · track {self.track}"
+        )
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier (lowercase ASCII, digits, '-' and '_')."""
+        raw = f"{self.dataset}-v{self.version}-{self.split}-{self.rule}-{self.track}"
+        keep = [ch.lower() if ch.isascii() and (ch.isalnum() or ch in "-_.") else "-" for ch in raw]
+        text = "".join(keep)
+        while "--" in text:
+            text = text.replace("--", "-")
+        return text.strip("-").replace(".", "_")
+
+
+@dataclass
+class RunEntry:
+    """The parts of one run record a leaderboard uses.
+
+    ``timings`` keys (seconds; absent when not recorded): ``train_s``, ``step_s``,
+    ``infer_case_s``; ``peak_memory_mb`` in MiB.
+    """
+
+    path: Path
+    model: str
+    preset: str
+    overrides: dict[str, Any]
+    hardware: str  # e.g. "cpu" or "cuda: NVIDIA H100 80GB HBM3"
+    hardware_class: str  # "cpu" or "gpu"
+    dataset: str
+    version: str
+    split: str
+    seed: int
+    rule: str
+    params: dict[str, Any]
+    cases: list[CaseResult]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def track(self) -> str:
+        return f"{self.preset} / {self.hardware_class}"
+
+    @property
+    def recipe_label(self) -> str:
+        """The preset plus overridden recipe keys, e.g. ``quick (lr=0.001, steps=200)``."""
+        if not self.overrides:
+            return self.preset
+        items = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.overrides.items()))
+        return f"{self.preset} ({items})"
+
+    @property
+    def group_key(self) -> GroupKey:
+        params = json.dumps(json.loads(dumps(self.params)), sort_keys=True)
+        return GroupKey(self.dataset, self.version, self.split, self.rule, params, self.track)
+
+    @property
+    def row_key(self) -> tuple[str, str, str]:
+        """Runs with the same model, recipe and hardware are seeds of one row."""
+        return (self.model, self.recipe_label, self.hardware)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(_short(x) for x in v)
+    return str(v)
+
+
+# ---------------------------------------------------------------------------- discovery
+def find_records(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Run-record files named by ``paths``: files as given, folders searched recursively for
+    ``*.json`` files that are run records (``"record_type": "cmbbench-run"``).
+
+    Returns sorted, de-duplicated paths. A path that does not exist is an :class:`InputError`;
+    finding no record at all is an :class:`InputError` naming the paths searched.
+    """
+    found: set[Path] = set()
+    given = [Path(p) for p in paths]
+    for p in given:
+        if p.is_dir():
+            for f in sorted(p.rglob("*.json")):
+                if f.is_file() and _looks_like_record(f):
+                    found.add(f)
+        elif p.is_file():
+            found.add(p)
+        else:
+            raise InputError("no such file or folder", path=str(p))
+    if not found:
+        where = ", ".join(str(p) for p in given) or "(no paths given)"
+        raise InputError(f"no run records found in {where}")
+    return sorted(found, key=lambda f: f.as_posix())
+
+
+def _looks_like_record(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        # a corrupt file inside a records folder is an error, not something to skip
+        return True
+    return isinstance(data, dict) and data.get("record_type") == RECORD_TYPE
+
+
+# ---------------------------------------------------------------------------- loading
+def _hardware(env: Mapping[str, Any]) -> tuple[str, str]:
+    """(row label, track class): ``("cuda:0 NVIDIA H100 ...", "gpu")`` or ``("cpu", "cpu")``."""
+    device = str(env.get("device") or "unknown")
+    cls = "gpu" if device.startswith("cuda") else device.split(":")[0]
+    name = env.get("device_name")
+    if cls == "gpu" and name:
+        return f"{device} {name}", cls
+    return device, cls
+
+
+def _timings(t: Mapping[str, Any]) -> dict[str, float]:
+    keys = {
+        "train_s": "train_seconds",
+        "step_s": "seconds_per_step",
+        "infer_case_s": "inference_seconds_per_case",
+    }
+    out: dict[str, float] = {}
+    for name, key in keys.items():
+        v = t.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+            out[name] = float(v)
+    mem = t.get("peak_memory_bytes")
+    if isinstance(mem, (int, float)) and not isinstance(mem, bool):
+        out["peak_memory_mb"] = float(mem) / 2**20
+    return out
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in data:
+        raise InputError(f"malformed run record: missing {key!r}")
+    value = data[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InputError(
+            f"malformed run record: {key!r} should be {names}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _parse(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InputError("not a run record (expected a JSON object)")
+    if data.get("record_type") != RECORD_TYPE:
+        raise InputError(
+            f"not a cmbbench run record (record_type {data.get('record_type')!r}, "
+            f"expected {RECORD_TYPE!r})"
+        )
+    model = _require(data, "model", dict)
+    if not isinstance(model.get("name"), str) or not model["name"]:
+        raise InputError("malformed run record: 'model' has no 'name'")
+    dataset = _require(data, "dataset", dict)
+    if not isinstance(dataset.get("name"), str):
+        raise InputError("malformed run record: 'dataset' has no 'name'")
+    raw_cases = _require(data, "cases", list)
+    if not raw_cases:
+        raise InputError("run record has no per-case results ('cases' is empty)")
+    try:
+        cases = [CaseResult.from_dict(c) for c in raw_cases]
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        raise InputError(
+            f"malformed per-case result in 'cases' ({type(err).__name__}: {err})"
+        ) from None
+    rule = _require(data, "rule", str)
+    params = _require(data, "params", dict)
+    seed = _require(data, "seed", int)
+    recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
+    overridden = data.get("recipe_overridden") or {}
+    if not isinstance(overridden, Mapping):
+        raise InputError("malformed run record: 'recipe_overridden' should be an object")
+    for c in cases:
+        if c.rule != rule:
+            raise InputError(
+                f"case {c.case_id!r} was scored with rule {c.rule!r} but the record says {rule!r}"
+            )
+    env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
+    timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
+    hardware, hw_class = _hardware(env)
+    return {
+        "model": model["name"],
+        "preset": str(data.get("recipe_preset") or "custom"),
+        "overrides": {k: recipe.get(k) for k in sorted(overridden) if k != "seed"},
+        "hardware": hardware,
+        "hardware_class": hw_class,
+        "dataset": dataset["name"],
+        "version": str(dataset.get("version", "?")),
+        "split": str(dataset.get("split", "test")),
+        "seed": seed,
+        "rule": rule,
+        "params": params,
+        "cases": cases,
+        "timings": _timings(timings),
+    }
+
+
+def load_record(path: str | os.PathLike[str]) -> RunEntry:
+    """Read one run record (``docs/run-record.md``) into a :class:`RunEntry`; a missing or
+    malformed file raises :class:`InputError` naming the file and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORD_NAME
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise InputError("no such run record", path=str(path)) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not a valid JSON run record ({err})", path=str(path)) from None
+    try:
+        fields = _parse(data)
+    except InputError as err:
+        raise InputError(err.problem, path=str(path)) from None
+    return RunEntry(path=path, **fields)
+
+
+def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[RunEntry]:
+    """Load every run record found under ``paths`` (see :func:`find_records`)."""
+    return [load_record(p) for p in find_records(paths)]
+
+
+def group_runs(entries: Iterable[RunEntry]) -> dict[GroupKey, list[RunEntry]]:
+    """Runs grouped by table (dataset + version + split, rule + parameters, track), tables
+    and runs inside them in a deterministic order. Two records of the same model, recipe,
+    hardware and seed in one table are an :class:`InputError` (a run counted twice)."""
+    groups: dict[GroupKey, list[RunEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.group_key, []).append(e)
+    out: dict[GroupKey, list[RunEntry]] = {}
+    for key in sorted(
+        groups, key=lambda k: (k.dataset, k.version, k.split, k.rule, k.params, k.track)
+    ):
+        runs = sorted(groups[key], key=lambda e: (e.row_key, e.seed, e.path.as_posix()))
+        seen: dict[tuple[Any, ...], Path] = {}
+        for e in runs:
+            ident = (*e.row_key, e.seed)
+            if ident in seen:
+                raise InputError(
+                    f"duplicate run: model {e.model!r}, recipe {e.recipe_label!r}, seed {e.seed} "
+                    f"already read from {seen[ident]}",
+                    path=str(e.path),
+                )
+            seen[ident] = e.path
+        out[key] = runs
+    return out

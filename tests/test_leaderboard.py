@@ -1,0 +1,268 @@
+"""Leaderboard: records -> grouped tables, seeds aggregated, significance, byte-stable files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmbbench.errors import InputError
+from cmbbench.leaderboard import build_leaderboard, build_tables
+from cmbbench.leaderboard.render_html import SORT_SCRIPT
+from cmbbench.leaderboard.store import find_records, group_runs, load_records
+from cmbbench.scoring.metrics import EDGE_CASE_POLICY
+from cmbbench.scoring.records import CaseResult, Lesion, Pair, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = {"connectivity": 26, "min_overlap_voxels": 1}
+N_BOOT = 50  # small bootstrap: these tests check plumbing, not the intervals themselves
+
+
+def make_case(cid: str, n_gt: int, tp: int, fp: int, rng: np.random.Generator) -> CaseResult:
+    """A case whose first ``tp`` predictions match the first ``tp`` CMBs; TP scores are high
+    (0.6-1.0), FP scores low (0.5-0.8), CMB diameters 1.5-6 mm."""
+    gt = [
+        Lesion(
+            id=j + 1,
+            voxels=8,
+            volume_mm3=8.0,
+            diameter_mm=float(rng.uniform(1.5, 6.0)),
+            matched=j < tp,
+        )
+        for j in range(n_gt)
+    ]
+    pred = [
+        Lesion(
+            id=j + 1,
+            voxels=8,
+            volume_mm3=8.0,
+            diameter_mm=2.5,
+            score=float(rng.uniform(0.6, 1.0) if j < tp else rng.uniform(0.5, 0.8)),
+            matched=j < tp,
+        )
+        for j in range(tp + fp)
+    ]
+    pairs = [
+        Pair(pred_id=j + 1, gt_id=j + 1, overlap_voxels=6, distance_mm=0.5, dice=0.75)
+        for j in range(tp)
+    ]
+    return CaseResult(
+        case_id=cid,
+        rule="overlap",
+        params=dict(PARAMS),
+        spacing=(1.0, 1.0, 3.0),
+        shape=(32, 32, 16),
+        n_gt=n_gt,
+        n_pred=tp + fp,
+        tp=tp,
+        fp=fp,
+        fn=n_gt - tp,
+        pairs=pairs,
+        gt=gt,
+        pred=pred,
+        gt_voxels=8 * n_gt,
+        pred_voxels=8 * (tp + fp),
+        intersection_voxels=6 * tp,
+    )
+
+
+def make_record(
+    model: str,
+    seed: int,
+    recall: float,
+    fp_rate: float,
+    *,
+    preset: str = "quick",
+    device: str = "cpu",
+    version: str = "1",
+    n_cases: int = 12,
+) -> dict:
+    """A run record (docs/run-record.md layout) of ``n_cases`` cases with 0-4 CMBs each; the
+    model detects a fraction ``recall`` of CMBs and adds Poisson(``fp_rate``) FPs per scan."""
+    rng = np.random.default_rng(zlib.crc32(f"{model}/{seed}/{preset}/{device}/{version}".encode()))
+    counts = np.random.default_rng(7).integers(0, 5, n_cases)  # same cases for every model
+    cases = []
+    for i, n_gt in enumerate(counts):
+        tp = int(rng.binomial(int(n_gt), recall))
+        fp = int(rng.poisson(fp_rate))
+        cases.append(make_case(f"sub-{i:03d}", int(n_gt), tp, fp, rng).to_dict())
+    return {
+        "record_type": "cmbbench-run",
+        "schema_version": 1,
+        "run_id": f"{model}-{seed}",
+        "model": {"name": model, "kind": "network"},
+        "recipe": {"steps": 100, "lr": 0.001, "seed": seed},
+        "recipe_preset": preset,
+        "recipe_sources": {"steps": f"preset:{preset}", "lr": f"preset:{preset}", "seed": "user"},
+        "recipe_overridden": {"seed": "user"},
+        "dataset": {"name": "synthetic", "version": version, "split": "test"},
+        "seed": seed,
+        "rule": "overlap",
+        "params": dict(PARAMS),
+        "cases": cases,
+        "metrics": {},
+        "environment": {"device": device, "device_name": "Fake GPU" if device != "cpu" else "x86"},
+        "timings": {
+            "train_seconds": 100.0 + seed,
+            "seconds_per_step": 0.5,
+            "inference_seconds_per_case": 2.0,
+        },
+    }
+
+
+def write_records(folder: Path) -> list[Path]:
+    """Three seeds of a good and a weak model, one seed of a floor model on the quick CPU
+    track; one GPU run of the good model; one run on dataset version 2."""
+    paths = []
+    specs = [
+        *[("good_net", s, 0.9, 0.3, "quick", "cpu", "1") for s in (0, 1, 2)],
+        *[("weak_net", s, 0.5, 2.0, "quick", "cpu", "1") for s in (0, 1, 2)],
+        ("classical_log", 0, 0.3, 4.0, "quick", "cpu", "1"),
+        ("good_net", 0, 0.9, 0.3, "full", "cuda:0", "1"),
+        ("good_net", 0, 0.9, 0.3, "quick", "cpu", "2"),
+    ]
+    for model, seed, rec, fp, preset, dev, ver in specs:
+        p = folder / f"{model}-{preset}-{dev.replace(':', '')}-v{ver}-s{seed}" / "record.json"
+        write_json_atomic(
+            p, make_record(model, seed, rec, fp, preset=preset, device=dev, version=ver)
+        )
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture()
+def records(tmp_path: Path) -> Path:
+    folder = tmp_path / "records"
+    write_records(folder)
+    return folder
+
+
+def test_grouping_by_version_rule_and_track(records: Path) -> None:
+    groups = group_runs(load_records([records]))
+    # v1 quick/cpu, v1 full/gpu, v2 quick/cpu
+    assert [(k.version, k.track) for k in groups] == [
+        ("1", "full / gpu"),
+        ("1", "quick / cpu"),
+        ("2", "quick / cpu"),
+    ]
+    assert (
+        len(groups[next(k for k in groups if k.track == "quick / cpu" and k.version == "1")]) == 7
+    )
+
+
+def test_seeds_aggregate_into_one_row_with_significance(records: Path) -> None:
+    tables = build_tables([records], n_bootstrap=N_BOOT)
+    main = next(t for t in tables if t.key.version == "1" and t.key.track == "quick / cpu")
+    assert [r.model for r in main.rows] == ["good_net", "weak_net", "classical_log"]
+    good, weak, floor = main.rows
+    assert good.seeds == [0, 1, 2] and floor.seeds == [0]
+    f1 = good.metrics["f1_micro"]
+    per_seed = [m["headline"]["f1_micro"]["value"] for m in good.per_run]
+    assert f1.mean == pytest.approx(np.mean(per_seed)) and f1.sd == pytest.approx(
+        np.std(per_seed, ddof=1)
+    )
+    assert f1.ci_lo is not None and f1.ci_lo <= f1.mean <= f1.ci_hi
+    assert good.significance == {"reference": True}
+    # a model with half the recall and 7x the FPs differs significantly on 12 cases x 3 seeds
+    assert weak.significance["diff_f1"] < 0 and weak.significance["p_bootstrap"] < 0.05
+    assert weak.significance["p_wilcoxon"] is not None
+    assert good.timings["train_s"].mean == pytest.approx(101.0)
+
+
+def test_outputs_markdown_csv_html(records: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lb"
+    files = build_leaderboard([records], out, n_bootstrap=N_BOOT)
+    names = {p.relative_to(out).as_posix() for p in files}
+    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.html"} <= names
+    assert sum(n.startswith("plots/") and n.endswith(".png") for n in names) == 3 * 3  # 3 tables
+    md = (out / "leaderboard.md").read_text()
+    assert md.count(EDGE_CASE_POLICY.strip()) == 3  # above every table
+    assert md.count("Scoring rule: `overlap`") == 3
+    assert "vs top (paired)" in md and "ref" in md and "p=" in md
+    html = (out / "leaderboard.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "http://" not in html and "https://" not in html
+    assert SORT_SCRIPT in html and html.count('<table class="lb">') == 3
+    assert html.count("data:image/png;base64,") == 9
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    assert len(rows) == 5  # 3 rows + 1 GPU row + 1 v2 row
+    top = next(
+        r
+        for r in rows
+        if r["model"] == "good_net" and r["track"] == "quick / cpu" and r["version"] == "1"
+    )
+    assert top["n_seeds"] == "3" and top["seeds"] == "0 1 2" and top["vs_top_significant"] == "ref"
+
+
+def test_regeneration_is_byte_stable(records: Path, tmp_path: Path) -> None:
+    a = build_leaderboard([records], tmp_path / "a", n_bootstrap=N_BOOT)
+    b = build_leaderboard([records], tmp_path / "b", n_bootstrap=N_BOOT)
+    rel = lambda ps, root: [p.relative_to(root) for p in ps]  # noqa: E731
+    assert rel(a, tmp_path / "a") == rel(b, tmp_path / "b")
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no run records found"):
+        find_records([tmp_path])
+    bad = tmp_path / "bad" / "record.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=re.escape(str(bad))):
+        load_records([bad.parent])
+    rec = make_record("m", 0, 0.5, 1.0)
+    del rec["rule"]
+    write_json_atomic(bad, rec)
+    with pytest.raises(InputError, match="missing 'rule'") as err:
+        load_records([bad])
+    assert str(bad) in str(err.value)
+
+
+def test_cli_leaderboard(records: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    res = runner.invoke(
+        app, ["leaderboard", str(records), "--out", str(out), "--n-bootstrap", "20"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "leaderboard.html").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["leaderboard", str(empty), "--out", str(out)])
+    assert res.exit_code != 0
+    assert "no run records found" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"record_type": "cmbbench-run"}))
+    res = runner.invoke(app, ["leaderboard", str(bad), "--out", str(out)])
+    assert res.exit_code != 0 and "bad.json" in res.output
+
+
+COMMITTED = REPO / "leaderboards"
+
+
+@pytest.mark.slow
+def test_committed_leaderboard_regenerates_identically(tmp_path: Path) -> None:
+    records = (
+        sorted((COMMITTED / "records").rglob("*.json")) if (COMMITTED / "records").is_dir() else []
+    )
+    if not records:
+        pytest.skip("leaderboards/records/ holds no run records yet")
+    files = build_leaderboard([COMMITTED / "records"], tmp_path)
+    for p in files:
+        rel = p.relative_to(tmp_path)
+        committed = COMMITTED / rel
+        assert committed.is_file(), f"{rel} is generated but not committed under leaderboards/"
+        assert committed.read_bytes() == p.read_bytes(), (
+            f"leaderboards/{rel} differs from a regeneration"
+        )

@@ -218,3 +218,69 @@ def test_registry_and_listing_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'listing models imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+# --- the worked examples of docs/adding-a-model.md, executed ---------------------------
+
+_DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-model.md"
+
+
+def _doc_example(name: str, tmp_path: Path) -> Path:
+    """Write the ```python block that follows ``<!-- example: NAME -->`` to tmp_path/NAME."""
+    text = _DOC.read_text()
+    marker = f"<!-- example: {name} -->"
+    assert marker in text, f"{marker} missing from {_DOC}"
+    block = text.split(marker, 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
+    path = tmp_path / name
+    path.write_text(block + "\n")
+    return path
+
+
+def test_doc_example_network_plugin(tmp_path, cleanup):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from cmbbench.engine.inference import sliding_window_predict
+    from cmbbench.models.detector import check_input_size, check_output_shape
+
+    load_plugin(str(_doc_example("tiny_net.py", tmp_path)))
+    cleanup.append("tiny_net")
+    info = model_info("tiny_net")
+    assert info.description == "two-level 3D U-Net (example plug-in)" and info.divisor == 2
+    built = build_model("tiny_net", width=4)
+    assert built.kind == "network"
+    assert built.recipe_overrides == {"patch_size": (32, 32, 16), "lr": 1e-3}
+    check_input_size(info, built.recipe_overrides["patch_size"])
+    assert check_output_shape(built.model, (16, 16, 8), name="tiny_net") == "softmax2"
+    torch.manual_seed(0)
+    img = np.random.default_rng(0).normal(size=(20, 18, 9)).astype(np.float32)
+    prob = sliding_window_predict(built.model, img, patch_size=(16, 16, 8), divisor=2)
+    assert prob.shape == img.shape and np.isfinite(prob).all()
+    assert 0 <= prob.min() and prob.max() <= 1
+
+
+def test_doc_example_detector_plugin(tmp_path, cleanup):
+    import numpy as np
+
+    from cmbbench.cases import Case, CaseData
+    from cmbbench.models.detector import Detector
+
+    load_plugin(str(_doc_example("darkest_voxels.py", tmp_path)))
+    cleanup.append("darkest_voxels")
+    assert model_info("darkest_voxels").kind == "detector"
+
+    def make(case_id: str, seed: int, dot: tuple[int, int, int], dark: float = 100.0) -> Case:
+        rng = np.random.default_rng(seed)
+        img = (1000 + rng.normal(0, 10, (16, 16, 16))).astype(np.float32)
+        label = np.zeros(img.shape, np.uint8)
+        img[dot] = dark  # a CMB, tens of standard deviations darker than the tissue
+        label[dot] = 1
+        return Case(case_id, np.eye(4), img.shape, "mask", lambda: CaseData(img, label))
+
+    det = create_model("darkest_voxels")
+    assert isinstance(det, Detector)
+    det.fit([make("t1", 1, (3, 4, 5)), make("t2", 2, (9, 9, 9))], [], {})
+    test = make("x", 3, (12, 2, 7), dark=0.0)
+    pred = det.predict(test)
+    # only the CMB voxel (darker than the training CMBs) is below the fitted cut-off
+    assert pred.kind == "prob" and np.array_equal(pred.prob > 0, test.label > 0)

@@ -46,3 +46,61 @@ def test_best_grid_point_prefers_f1_then_fewer_fp_then_conservative():
     ]
     assert best_grid_point(grid) == grid[2]
     assert grid[0].f1 == pytest.approx(0.6) and GridPoint(0.5, 1, 0, 0, 0).f1 == 0.0
+
+
+def _case(case_id: str, label: np.ndarray):
+    from cmbbench.cases import Case, CaseData
+
+    return Case(
+        case_id=case_id,
+        affine=np.eye(4),
+        shape=label.shape,
+        label_kind="mask",
+        loader=lambda: CaseData(image=np.zeros(label.shape, np.float32), label=label),
+    )
+
+
+def test_tune_postprocess_picks_the_grid_optimum():
+    pytest.importorskip("cmbbench.scoring.case")
+    from cmbbench.engine.postprocess import postprocess_grid, tune_postprocess
+
+    # case a: one 27-voxel CMB predicted at 0.9, plus a 1-voxel false positive at 0.95
+    gt_a = np.zeros((12, 12, 12), np.uint8)
+    gt_a[1:4, 1:4, 1:4] = 1
+    p_a = np.zeros((12, 12, 12), np.float32)
+    p_a[1:4, 1:4, 1:4] = 0.9
+    p_a[8, 8, 8] = 0.95
+    # case b: a 2-voxel CMB predicted weakly (0.4), and a 3-voxel false positive at 0.6
+    gt_b = np.zeros((12, 12, 12), np.uint8)
+    gt_b[6:8, 1, 1] = 1
+    p_b = np.zeros((12, 12, 12), np.float32)
+    p_b[6:8, 1, 1] = 0.4
+    p_b[9:12, 9, 9] = 0.6
+    cases = [_case("a", gt_a), _case("b", gt_b)]
+    grid = {
+        (g.threshold, g.min_size): (g.tp, g.fp, g.fn)
+        for g in postprocess_grid([p_a, p_b], cases, [0.3, 0.5, 0.7], [1, 2, 4])
+    }
+    # worked out by hand (two CMBs in all):
+    assert grid[(0.3, 1)] == (2, 2, 0)  # everything: F1 4/6
+    assert grid[(0.3, 2)] == (2, 1, 0)  # the singleton goes: F1 4/5 = 0.8  <- best
+    assert grid[(0.5, 2)] == (1, 1, 1)  # 0.4 CMB lost, 3-voxel FP stays: F1 0.5
+    assert grid[(0.7, 2)] == (1, 0, 1)  # only the big CMB: F1 2/3
+    assert grid[(0.3, 4)] == (1, 0, 1)  # only the 27-voxel blob survives size 4
+    assert tune_postprocess([p_a, p_b], cases, [0.3, 0.5, 0.7], [1, 2, 4]) == (0.3, 2)
+    # distance rule parameters pass through to scoring
+    assert tune_postprocess(
+        [p_a, p_b], cases, [0.3, 0.7], [1, 2], rule="distance", rule_params={"max_distance_mm": 2.0}
+    ) == (0.3, 2)
+
+
+def test_tune_postprocess_bad_input():
+    pytest.importorskip("cmbbench.scoring.case")
+    from cmbbench.engine.postprocess import tune_postprocess
+    from cmbbench.errors import CmbbenchError, InputError
+
+    gt = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(InputError, match=r"case 'a'.*differs"):
+        tune_postprocess([np.zeros((4, 4, 5))], [_case("a", gt)], [0.5], [1])
+    with pytest.raises(CmbbenchError, match="2 probability maps for 1 cases"):
+        tune_postprocess([gt, gt], [_case("a", gt)], [0.5], [1])

@@ -171,3 +171,19 @@ def test_summary_sizes_and_diameters() -> None:
     np.testing.assert_allclose(
         equivalent_diameter_mm(np.array([4]), (0.49, 0.49, 0.8)), [1.1364], atol=1e-4
     )
+
+
+def test_montage_view_ignores_voxel_order() -> None:
+    # the same anatomy stored RAS and LAS (first axis flipped) must display identically
+    from cmbbench.datasets.viz import _View
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((6, 7, 5))
+    ras = np.diag([1.0, 1.0, 2.0, 1.0])
+    flip = np.array([[-1, 0, 0, 5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    las = ras @ flip  # voxel i of the LAS array is voxel 5 - i of the RAS array
+    v_ras, v_las = _View.of(ras, (1, 1, 2)), _View.of(las, (1, 1, 2))
+    np.testing.assert_array_equal(v_ras.slice2d(vol, 2), v_las.slice2d(vol[::-1], 2))
+    # radiological display: RAS x grows to the patient's right -> columns reversed; anterior up
+    assert v_ras.flip_cols and v_ras.flip_rows and not v_las.flip_cols
+    assert v_ras.rowcol(np.array([0.0, 0.0, 2.0]), vol.shape) == (6.0, 5.0)

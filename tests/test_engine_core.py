@@ -276,3 +276,30 @@ def test_resume_equals_uninterrupted(tmp_path):
     best_b = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")
     assert best_a["step"] == best_b["step"]
     assert all(torch.equal(v, best_b["model"][k]) for k, v in best_a["model"].items())
+
+
+def test_seed_model_recipe_keeps_the_quick_preset():
+    """unet3d declares the seed recipe (= the reference `full` preset) in its own spelling:
+    under `quick` nothing counts as a model override; a differing entry does."""
+    seed_recipe = {
+        "patch_size": (40, 40, 40),
+        "batch_size": 8,
+        "optimizer": "adam",
+        "lr": 5e-5,
+        "weight_decay": 1e-4,
+        "loss": "focal_tversky+ce",
+        "loss_params": {"alpha": 0.3, "beta": 0.7, "gamma": 3.0, "ce_class_weights": (0.1, 5.0)},
+        "patches_per_volume": 30,
+        "positive_fraction": 0.9,
+        "normalize": "zscore_foreground",
+        "divisor": 8,
+    }
+    quick = resolve_recipe("quick", seed_recipe)
+    assert quick.overridden == {}
+    assert quick.recipe == resolve_recipe("quick").recipe
+    other = resolve_recipe(
+        "quick", {**seed_recipe, "positive_fraction": 0.5, "loss_params": {"beta": 0.9}}
+    )
+    assert other.overridden == {"cmb_fraction": "model", "tversky_beta": "model"}
+    with pytest.raises(RecipeError, match="'loss'"):
+        resolve_recipe("quick", {"loss": "dice"})

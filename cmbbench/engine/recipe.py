@@ -68,7 +68,10 @@ class Recipe:
     # --- augmentation
     aug_flip: bool = True
     aug_rotate_deg: float = 10.0  # max in-plane rotation (about the third array axis); 0 = off
-    aug_intensity: bool = True  # random gain, offset, gamma and noise on the normalised image
+    aug_intensity: bool = True  # random gain, offset and noise on the normalised image
+    # --- model-facing options
+    normalize: str = "zscore_foreground"  # per-image intensity normalisation (engine.normalize)
+    deep_supervision_weights: tuple[float, ...] = ()  # losses on model.aux_outputs (coarse→fine)
     # --- validation and checkpoints
     val_every: int = 1000
     checkpoint_every: int = 1000
@@ -281,6 +284,52 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     return out
 
 
+# Model-side spellings of recipe entries (a model's factory may use them) -> recipe keys.
+_ALIASES = {"positive_fraction": "cmb_fraction"}
+_LOSS_PARAM_KEYS = {
+    "alpha": "tversky_alpha",
+    "beta": "tversky_beta",
+    "gamma": "tversky_gamma",
+    "tversky_weight": "tversky_weight",
+    "ce_weight": "ce_weight",
+    "ce_class_weights": "ce_class_weights",
+}
+SUPPORTED_LOSSES = ("focal_tversky+ce",)
+# entries that describe the model itself, not its training (known from the registry)
+_MODEL_ONLY_KEYS = ("divisor",)
+
+
+def canonical_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate a model's recipe entries to recipe keys.
+
+    ``positive_fraction`` -> ``cmb_fraction``; ``loss_params`` (``alpha``, ``beta``,
+    ``gamma``, ``ce_weight``, ``ce_class_weights``) -> the ``tversky_*`` / ``ce_*`` keys;
+    ``loss`` must name a supported loss (``"focal_tversky+ce"``) and is dropped; ``divisor``
+    is a model property (from the registry) and is dropped. Other keys pass unchanged (and
+    are validated later).
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in _MODEL_ONLY_KEYS:
+            continue
+        if key == "loss":
+            if value not in SUPPORTED_LOSSES:
+                raise RecipeError(
+                    f"recipe key 'loss': expected one of {SUPPORTED_LOSSES}, got {value!r}"
+                )
+            continue
+        if key == "loss_params":
+            for k, v in dict(value).items():
+                if k not in _LOSS_PARAM_KEYS:
+                    raise RecipeError(
+                        f"unknown loss parameter {k!r}; known: {', '.join(_LOSS_PARAM_KEYS)}"
+                    )
+                out[_LOSS_PARAM_KEYS[k]] = v
+            continue
+        out[_ALIASES.get(key, key)] = value
+    return out
+
+
 @dataclass(frozen=True)
 class ResolvedRecipe:
     """A recipe plus, for every key, the layer that set it: ``"preset:<name>"``, ``"model"``, ``"user"``."""
@@ -300,12 +349,24 @@ def resolve_recipe(
     model_overrides: Mapping[str, Any] | None = None,
     user_overrides: Mapping[str, Any] | None = None,
 ) -> ResolvedRecipe:
-    """Preset defaults < model overrides < user overrides; records where each key came from."""
+    """Preset defaults < model overrides < user overrides; records where each key came from.
+
+    A model's overrides are relative to the reference recipe (the ``full`` preset, the
+    seed's published recipe): an entry equal to the reference value is the reference, not
+    an override, so e.g. ``unet3d`` (which declares the seed recipe) keeps the ``quick``
+    preset's CPU settings under ``--preset quick``. Entries that differ from the reference
+    apply under every preset and are recorded as ``"model"``.
+    """
     base = preset_recipe(preset)
+    reference = _PRESET_RECIPES["full"]
     sources = {k: f"preset:{preset}" for k in recipe_keys()}
     values: dict[str, Any] = {}
-    for layer, mapping in (("model", model_overrides), ("user", user_overrides)):
-        for key, value in coerce_overrides(mapping or {}).items():
+    model = coerce_overrides(canonical_overrides(model_overrides or {}))
+    for key, value in model.items():
+        if value != getattr(reference, key):
             values[key] = value
-            sources[key] = layer
+            sources[key] = "model"
+    for key, value in coerce_overrides(user_overrides or {}).items():
+        values[key] = value
+        sources[key] = "user"
     return ResolvedRecipe(dataclasses.replace(base, **values), preset, sources)

@@ -221,6 +221,15 @@ def train(
                 f"{tuple(image.shape)} (expected (B, 1 or 2, *spatial))"
             )
         loss = criterion(logits.float(), target, valid)
+        if recipe.deep_supervision_weights:
+            aux = list(getattr(unwrap_model(train_model), "aux_outputs", None) or [])
+            if len(aux) != len(recipe.deep_supervision_weights):
+                raise CmbbenchError(
+                    f"recipe deep_supervision_weights has {len(recipe.deep_supervision_weights)} "
+                    f"entries but the model left {len(aux)} tensors in model.aux_outputs"
+                )
+            for w, out in zip(recipe.deep_supervision_weights, aux, strict=True):
+                loss = loss + w * criterion(out.float(), target, valid)
         if not torch.isfinite(loss):
             raise CmbbenchError(f"training diverged: loss is {loss.item()} at step {step}")
         scaler.scale(loss).backward()

@@ -27,6 +27,10 @@ _EXPORTS: dict[str, str] = {
     "load_dataset": "cmbbench.datasets.registry",
     "list_datasets": "cmbbench.datasets.registry",
     "register_dataset": "cmbbench.datasets.registry",
+    "dataset_info": "cmbbench.datasets.registry",
+    "make_splits": "cmbbench.datasets.splits",
+    "load_split_file": "cmbbench.datasets.splits",
+    "export_nnunet": "cmbbench.datasets.nnunet",
     # models and runs
     "register_model": "cmbbench.models.registry",
     "create_model": "cmbbench.models.registry",

@@ -40,6 +40,8 @@ class Lesion:
     score: float | None = None  # predictions: max probability (or the point's score)
     matched: bool = False  # TP for predictions, detected for ground truth
     attrs: dict[str, Any] = field(default_factory=dict)  # e.g. region, cohort, "ignore"
+    # valdo rule only: centre of mass as voxel index x spacing (mm, no affine)
+    centre_vox_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class CaseResult:
 def _lesion(x: Mapping[str, Any]) -> Lesion:
     x = dict(x)
     x["centre_mm"] = tuple(float(v) for v in x.get("centre_mm", (0.0, 0.0, 0.0)))
+    if x.get("centre_vox_mm") is not None:
+        x["centre_vox_mm"] = tuple(float(v) for v in x["centre_vox_mm"])
     return Lesion(**x)
 
 

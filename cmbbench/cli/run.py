@@ -1,5 +1,263 @@
-"""`cmbbench` commands of the run group (registered on the shared app)."""
+"""`cmbbench run` and `cmbbench predict` (registered on the shared app).
+
+Thin: options are parsed here, everything else is :func:`cmbbench.engine.run.run` and
+:func:`cmbbench.engine.predict.predict_folder`. Long phases get rich progress bars with an
+ETA. Heavy modules (torch) are imported inside the commands, so ``cmbbench --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-from cmbbench.cli._app import app  # noqa: F401
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cmbbench.cli._app import app, console, fail
+from cmbbench.errors import CmbbenchError
+
+_PHASE_LABEL = {
+    "data": "data",
+    "train": "training",
+    "validate": "validation",
+    "tune": "val predictions (tuning)",
+    "infer": "test inference + scoring",
+    "score": "scoring",
+}
+
+
+@contextmanager
+def rich_progress(enabled: bool = True):
+    """A ``progress(event)`` callback drawing one rich bar (with ETA) per phase."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if not enabled:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[tuple[str, str], Any] = {}
+
+    def callback(ev) -> None:
+        key = (ev.phase, ev.description)
+        label = ev.description or _PHASE_LABEL.get(ev.phase, ev.phase)
+        info = "  ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in ev.metrics.items()
+            if v is not None
+        )
+        if key not in tasks:
+            tasks[key] = bars.add_task(label[:28], total=ev.total or None, info=info)
+        bars.update(tasks[key], completed=ev.completed, total=ev.total or None, info=info)
+
+    with bars:
+        yield callback
+
+
+def _load_plugins(plugins: list[str] | None) -> None:
+    from cmbbench.models.registry import load_plugin
+
+    for p in plugins or []:
+        load_plugin(p)
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registered model name (see `cmbbench models`).")
+    ],
+    dataset: Annotated[str, typer.Option(help="Registered dataset name.")] = "synthetic",
+    root: Annotated[
+        Path | None, typer.Option(help="Dataset folder (datasets that need one).")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Recipe preset: tiny | quick (CPU) | full (seed recipe, GPU). Default: full on CUDA, quick on CPU."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda (cuda without a GPU is an error).")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and bootstrap.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (default ./runs/<model>-<dataset>-<preset>-s<seed>)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+    ] = False,
+    steps: Annotated[int | None, typer.Option(help="Override: training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override: patches per step.")] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Override: patch size in voxels, e.g. 32 or 32,32,16.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Override: learning rate.")] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option("--plugin", help="Module or .py file registering models (repeatable)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Recipe override key=value (repeatable), e.g. --set val_every=50."
+        ),
+    ] = None,
+    dataset_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset-option", help="Dataset option key=value (repeatable), e.g. preset=tiny."
+        ),
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
+    ] = False,
+) -> None:
+    """Train MODEL on a dataset, tune post-processing on val, score the test split, write a run record."""
+    from cmbbench.engine.recipe import parse_set_options
+
+    try:
+        _load_plugins(plugin)
+        overrides: dict[str, Any] = parse_set_options(list(set_ or []))
+        for key, value in (
+            ("steps", steps),
+            ("batch_size", batch_size),
+            ("patch_size", patch_size),
+            ("lr", lr),
+        ):
+            if value is not None:
+                overrides[key] = value
+        options: dict[str, Any] = dict(parse_set_options(list(dataset_option or [])))
+        from cmbbench.engine.run import run
+
+        with rich_progress(not no_progress) as progress:
+            record = run(
+                model,
+                dataset,
+                root=None if root is None else str(root),
+                preset=preset,
+                device=device,  # type: ignore[arg-type]
+                seed=seed,
+                out=out,
+                resume=resume,
+                overrides=overrides,
+                progress=progress,
+                dataset_options=options or None,
+                n_bootstrap=bootstrap,
+            )
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    _print_record(record, out)
+
+
+def _print_record(record, out: Path | None) -> None:
+    from rich.table import Table
+
+    from cmbbench.engine.run import default_run_dir
+    from cmbbench.scoring.summary import summary_rows
+
+    run_dir = (
+        Path(out)
+        if out is not None
+        else default_run_dir(
+            record.model["name"], record.dataset["name"], record.recipe_preset or "", record.seed
+        )
+    )
+    title = (
+        f"{record.model['name']} on {record.dataset['name']} v{record.dataset['version']} "
+        f"(test split, rule {record.rule}, preset {record.recipe_preset}, seed {record.seed})"
+    )
+    table = Table(title=title, show_lines=False)
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    for label, value in summary_rows(record.metrics):
+        table.add_row(label, value)
+    console.print(table)
+    pp = record.postprocess
+    if pp.get("threshold") is not None:
+        console.print(
+            f"post-processing (tuned on val): threshold {pp.get('threshold')}, "
+            f"min size {pp.get('min_size')} voxels"
+        )
+    t = record.timings
+    if t.get("train_seconds") is not None:
+        line = f"training {t['train_seconds']:.0f} s"
+        if t.get("seconds_per_step"):
+            line += f" ({t['seconds_per_step']:.3f} s/step)"
+        if t.get("inference_seconds_per_case") is not None:
+            line += f", inference {t['inference_seconds_per_case']:.1f} s/case"
+        if t.get("total_seconds") is not None:
+            line += f", total {t['total_seconds']:.0f} s"
+        console.print(line)
+    if record.recipe_overridden:
+        console.print(
+            "recipe overrides: "
+            + ", ".join(
+                f"{k}={record.recipe[k]!r} ({src})"
+                for k, src in sorted(record.recipe_overridden.items())
+            )
+        )
+    console.print(f"run record written to [bold]{run_dir / 'record.json'}[/]")
+
+
+@app.command("predict")
+def predict_command(
+    model_dir: Annotated[
+        Path, typer.Option("--model-dir", help="A run directory written by `cmbbench run`.")
+    ],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Folder of NIfTI images to predict.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the probability maps (NIfTI).")],
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    postprocessed: Annotated[
+        bool,
+        typer.Option(
+            "--postprocessed",
+            help="Zero voxels outside the components kept by the run's tuned post-processing.",
+        ),
+    ] = False,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin", help="Module or .py file registering the run's model (repeatable)."
+        ),
+    ] = None,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
+    ] = False,
+) -> None:
+    """Write CMB probability maps (NIfTI, each input's own affine) for a folder of images."""
+    try:
+        _load_plugins(plugin)
+        from cmbbench.engine.predict import predict_folder
+
+        with rich_progress(not no_progress) as progress:
+            written = predict_folder(
+                model_dir,
+                data_dir,
+                out,
+                device=device,
+                output="postprocessed" if postprocessed else "prob",
+                progress=progress,
+            )
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {len(written)} probability maps to [bold]{out}[/]")

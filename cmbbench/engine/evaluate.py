@@ -1,0 +1,199 @@
+"""Prediction and lesion-level evaluation of a network on a list of cases, sharded over ranks.
+
+Used by the trainer's validation (lesion-level F1 on the validation split), by the
+post-processing tuning (validation split only) and by the test-split scoring of
+:func:`cmbbench.engine.run.run`. Under torchrun every rank handles ``cases[rank::world]``
+and the results are gathered (every rank gets them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmbbench.cases import Case
+from cmbbench.engine.distributed import DistContext, all_reduce_sum, gather_objects, shard
+from cmbbench.engine.recipe import Recipe
+from cmbbench.scoring.records import CaseResult
+
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def inference_window(recipe: Recipe, shape: Sequence[int], divisor: int) -> tuple[int, int, int]:
+    """The sliding window for an image of ``shape`` (voxels): the recipe's window, shrunk
+    along axes where the image (rounded up to ``divisor``) is smaller."""
+    return tuple(  # type: ignore[return-value]
+        min(_round_up(int(p), divisor), _round_up(int(s), divisor))
+        for p, s in zip(recipe.infer_patch_size, shape, strict=True)
+    )
+
+
+def predict_probability(
+    model: nn.Module,
+    image: np.ndarray,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    divisor: int = 1,
+    name: str | None = None,
+) -> np.ndarray:
+    """CMB probability float32 (X, Y, Z) of a *normalised* image, by sliding-window inference
+    with the recipe's window, overlap and batch (mixed precision on CUDA when ``recipe.amp``)."""
+    from cmbbench.engine.inference import sliding_window_predict
+
+    return sliding_window_predict(
+        model,
+        image,
+        patch_size=inference_window(recipe, image.shape, divisor),
+        overlap=recipe.infer_overlap,
+        batch_size=recipe.infer_batch_size,
+        device=device,
+        amp=bool(recipe.amp and device.type == "cuda"),
+        divisor=divisor,
+        name=name,
+    )
+
+
+def score_probability(
+    prob: np.ndarray,
+    case: Case,
+    *,
+    rule: str,
+    rule_params: dict[str, Any],
+    threshold: float,
+) -> CaseResult:
+    """Score a probability map against the case's label with the dataset's rule."""
+    from cmbbench.scoring.case import score_case
+
+    return score_case(
+        prob,
+        case.label,
+        affine=case.affine,
+        rule=rule,
+        threshold=threshold,
+        ignore=case.ignore,
+        lesion_attrs=case.meta.get("lesion_attrs"),
+        case_id=case.case_id,
+        meta=case_meta(case),
+        gt_kind=gt_kind(case),
+        **rule_params,
+    )
+
+
+def gt_kind(case: Case) -> str:
+    """The scoring ``gt_kind`` of a case's label (``instance`` maps keep one value per CMB)."""
+    return case.label_kind if case.label_kind in ("mask", "instance", "points") else "auto"
+
+
+def case_meta(case: Case) -> dict[str, Any]:
+    """The case attributes copied into its scoring record (cohort, protocol)."""
+    return {k: case.meta[k] for k in ("cohort", "protocol") if k in case.meta}
+
+
+def tune_postprocess_on(
+    probs: Sequence[np.ndarray],
+    cases: Sequence[Case],
+    thresholds: Sequence[float],
+    min_sizes: Sequence[int],
+    *,
+    rule: str,
+    rule_params: dict[str, Any],
+    connectivity: int = 26,
+) -> tuple[Any, list[Any]]:
+    """Search (threshold, min_size) on labelled (validation) cases by pooled lesion F1.
+
+    Returns ``(best GridPoint, every GridPoint)``; ties are broken by
+    :func:`cmbbench.engine.postprocess.best_grid_point`. Each cleaned map is scored with
+    the dataset's rule and the case's own label kind.
+    """
+    from cmbbench.engine.postprocess import GridPoint, best_grid_point, clean_probability
+
+    counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
+    for prob, case in zip(probs, cases, strict=True):
+        for t, m in counts:
+            cleaned = clean_probability(prob, t, m, connectivity)  # type: ignore[arg-type]
+            res = score_probability(cleaned, case, rule=rule, rule_params=rule_params, threshold=t)
+            c = counts[(t, m)]
+            c[0], c[1], c[2] = c[0] + res.tp, c[1] + res.fp, c[2] + res.fn
+    grid = [GridPoint(t, m, *c) for (t, m), c in counts.items()]
+    return best_grid_point(grid), grid
+
+
+@dataclass
+class ValidationSet:
+    """Normalised validation images kept in memory (this rank's shard) for repeated validation."""
+
+    cases: list[Case]
+    images: list[np.ndarray]
+
+    @classmethod
+    def build(cls, cases: Sequence[Case], normalize: Normalizer, ctx: DistContext) -> ValidationSet:
+        mine = shard(cases, ctx)
+        images = []
+        for c in mine:
+            images.append(np.asarray(normalize(np.asarray(c.image, np.float32)), np.float32))
+        return cls(mine, images)
+
+
+def lesion_f1(tp: float, fp: float, fn: float) -> float:
+    """Pooled F1 = 2TP / (2TP + FP + FN); NaN when there is nothing to count."""
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else math.nan
+
+
+def make_validator(
+    val: ValidationSet,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    divisor: int,
+    rule: str,
+    rule_params: dict[str, Any],
+    ctx: DistContext,
+    name: str | None = None,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """``validate(model) -> {"f1", "recall", "precision", "tp", "fp", "fn", "seconds"}``: lesion
+    counts pooled over the validation split at ``recipe.val_threshold`` (summed over ranks)."""
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        t0 = time.perf_counter()
+        tp = fp = fn = 0.0
+        for case, image in zip(val.cases, val.images, strict=True):
+            prob = predict_probability(
+                model, image, recipe, device=device, divisor=divisor, name=name
+            )
+            res = score_probability(
+                prob, case, rule=rule, rule_params=rule_params, threshold=recipe.val_threshold
+            )
+            tp, fp, fn = tp + res.tp, fp + res.fp, fn + res.fn
+        tp, fp, fn = all_reduce_sum([tp, fp, fn], ctx)
+        return {
+            "f1": lesion_f1(tp, fp, fn),
+            "recall": tp / (tp + fn) if tp + fn else math.nan,
+            "precision": tp / (tp + fp) if tp + fp else math.nan,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    return validate
+
+
+def gather_by_case(items: dict[str, Any], order: Sequence[str], ctx: DistContext) -> list[Any]:
+    """Merge every rank's ``{case_id: value}`` and return the values in ``order``."""
+    merged: dict[str, Any] = {}
+    for part in gather_objects(items, ctx):
+        merged.update(part)
+    return [merged[k] for k in order]

@@ -1,0 +1,132 @@
+"""``predict_folder``: run a trained network from a run directory on a folder of NIfTI images.
+
+Each input ``<name>.nii[.gz]`` gives ``out_dir/<name>.nii.gz``: a float32 CMB probability map
+in the input's own voxel grid and world space (same shape, same affine), so the folder can
+be scored by ``cmbbench score`` or any external tool. The network, its recipe (normalisation,
+inference window, overlap) and its tuned post-processing are read from the run's record;
+the weights from its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cmbbench.engine.progress import PhaseTracker, ProgressFn
+from cmbbench.engine.record import load_run_record
+from cmbbench.errors import CmbbenchError, InputError, UnknownNameError
+from cmbbench.io import NIFTI_SUFFIXES, load_nifti, save_nifti, strip_nifti_suffix
+
+logger = logging.getLogger(__name__)
+
+OutputKind = Literal["prob", "postprocessed"]
+
+
+def list_nifti(folder: str | os.PathLike[str]) -> list[Path]:
+    """The NIfTI files directly inside ``folder``, sorted by name."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError("not a folder", path=str(d))
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    if not files:
+        raise InputError(
+            f"no NIfTI images ({', '.join(NIFTI_SUFFIXES)}) in this folder", path=str(d)
+        )
+    return files
+
+
+def predict_folder(
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    output: OutputKind = "prob",
+    progress: ProgressFn | None = None,
+) -> list[Path]:
+    """Predict every NIfTI image in ``data_dir`` with the best checkpoint of the run in
+    ``model_dir``; writes ``out_dir/<name>.nii.gz`` (float32, the input's affine) and returns
+    the written paths in input order.
+
+    ``output="prob"`` writes the raw probability map; ``"postprocessed"`` zeroes every voxel
+    outside the components kept by the run's tuned post-processing (threshold, minimum size).
+    """
+    import torch
+
+    from cmbbench.engine.checkpoint import load_checkpoint
+    from cmbbench.engine.evaluate import predict_probability
+    from cmbbench.engine.recipe import Recipe
+    from cmbbench.engine.run import normalizer, resolve_device
+    from cmbbench.models.registry import build_model
+
+    run_dir = Path(model_dir)
+    record = load_run_record(run_dir)
+    if record.model.get("kind") != "network":
+        raise CmbbenchError(
+            f"run {run_dir} holds a {record.model.get('kind')} ({record.model.get('name')!r}); "
+            "predict_folder runs trained networks only"
+        )
+    name = str(record.model["name"])
+    try:
+        built = build_model(name, **dict(record.model.get("kwargs") or {}))
+    except UnknownNameError as err:
+        raise CmbbenchError(
+            f"{err}. The run was trained with model {name!r}; load the plug-in that registers "
+            "it (--plugin MODULE) before predicting"
+        ) from None
+    recipe = Recipe.from_dict(record.recipe)
+    ckpt_rel = record.artifacts.get("best_checkpoint") or record.artifacts.get("last_checkpoint")
+    if not ckpt_rel:
+        raise CmbbenchError(f"run record in {run_dir} names no checkpoint")
+    ckpt = run_dir / ckpt_rel
+    state = load_checkpoint(ckpt)
+    net = built.model
+    try:
+        net.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CmbbenchError(f"checkpoint {ckpt} does not fit model {name!r} ({err})") from None
+    dev = resolve_device(device)
+    net.to(dev).eval()
+    normalize = normalizer(recipe.normalize)
+    pp = None
+    if output == "postprocessed":
+        from cmbbench.engine.postprocess import PostprocessParams
+
+        try:
+            pp = PostprocessParams(
+                threshold=float(record.postprocess["threshold"]),
+                min_size=int(record.postprocess["min_size"]),
+                connectivity=int(record.postprocess.get("connectivity", 26)),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CmbbenchError(
+                f"run record in {run_dir} has no usable post-processing ({err})"
+            ) from None
+    elif output != "prob":
+        raise CmbbenchError(f"output must be 'prob' or 'postprocessed', got {output!r}")
+
+    files = list_nifti(data_dir)
+    out = Path(out_dir)
+    tracker = PhaseTracker(progress, "infer", len(files), f"predicting {len(files)} images")
+    written: list[Path] = []
+    divisor = int(record.model.get("divisor") or built.info.divisor)
+    for i, path in enumerate(files):
+        case_id = strip_nifti_suffix(path.name) or path.name
+        image, affine, _header = load_nifti(path, case=case_id)
+        t0 = time.perf_counter()
+        norm = np.asarray(normalize(np.asarray(image, np.float32)), np.float32)
+        with torch.no_grad():
+            prob = predict_probability(net, norm, recipe, device=dev, divisor=divisor, name=name)
+        if pp is not None:
+            from cmbbench.engine.postprocess import clean_probability
+
+            prob = clean_probability(prob, pp.threshold, pp.min_size, pp.connectivity)
+        logger.info("%s: %.1f s", case_id, time.perf_counter() - t0)
+        written.append(save_nifti(out / f"{case_id}.nii.gz", prob.astype(np.float32), affine))
+        tracker.emit(i + 1)
+    return written

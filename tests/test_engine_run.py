@@ -1,0 +1,235 @@
+"""The whole pipeline: run(), the run record, predict_folder, the CLI, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmbbench.cli import app
+from cmbbench.engine.record import load_run_record
+from cmbbench.errors import CmbbenchError
+from cmbbench.models.registry import load_plugin
+
+PLUGIN = str(Path(__file__).with_name("engine_plugin_example.py"))
+TINY = {"steps": 30, "val_every": 15, "checkpoint_every": 10, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    return load_plugin(PLUGIN)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(plugin, tmp_path_factory):
+    from cmbbench.engine.run import run
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    torch.set_num_threads(1)
+    record = run(
+        "engine_tiny",
+        "engine-cubes",
+        preset="tiny",
+        device="cpu",
+        out=out,
+        overrides=TINY,
+        n_bootstrap=50,
+    )
+    return out, record
+
+
+@pytest.mark.slow
+def test_run_writes_a_complete_record(tiny_run):
+    out, record = tiny_run
+    assert (out / "record.json").is_file()
+    back = load_run_record(out)
+    assert back.to_dict() == record.to_dict()
+    # re-saving a loaded record is byte-stable
+    back.save(out / "again.json")
+    assert (out / "again.json").read_bytes() == (out / "record.json").read_bytes()
+    assert [c.case_id for c in record.cases] == ["cube20", "cube21", "cube22"]
+    assert record.dataset["name"] == "engine-cubes" and record.dataset["version"] == "test-1"
+    assert (record.dataset["n_train"], record.dataset["n_val"], record.dataset["n_test"]) == (
+        4,
+        2,
+        3,
+    )
+    assert record.rule == "overlap" and record.seed == 0
+    # provenance of the recipe: model overrides and user overrides are named
+    assert record.recipe_sources["lr"] == "model" and record.recipe["lr"] == 1e-2
+    assert record.recipe_sources["steps"] == "user" and record.recipe["steps"] == 30
+    assert record.recipe_sources["aug_flip"] == "preset:tiny"
+    assert record.model["output"] == "softmax2" and record.model["source"].startswith("plugin")
+    assert record.training["steps"] == 30 and len(record.training["loss_every_step"]) == 30
+    assert [v["step"] for v in record.training["validations"]] == [15, 30]
+    assert record.postprocess["tuned_on"] == "val" and record.postprocess["threshold"] in (
+        0.3,
+        0.5,
+        0.7,
+    )
+    assert (
+        "f1_micro" in record.metrics["headline"] and "ci" in record.metrics["headline"]["f1_micro"]
+    )
+    for key in (
+        "train_seconds",
+        "seconds_per_step",
+        "inference_seconds_per_case",
+        "peak_memory_bytes",
+    ):
+        assert record.timings[key] > 0
+    assert record.environment["torch"] == torch.__version__
+    # the test split holds 4 CMBs (two cubes in each of two cases); the tiny net finds them
+    assert sum(c.n_gt for c in record.cases) == 4
+    assert sum(c.tp for c in record.cases) >= 3
+    # the record is also a score report
+    from cmbbench.scoring.records import load_results
+
+    assert len(load_results(out / "record.json").cases) == 3
+
+
+@pytest.mark.slow
+def test_predict_keeps_affine_and_shape(tiny_run, tmp_path):
+    from cmbbench.engine.predict import predict_folder
+    from cmbbench.io import load_nifti, save_nifti
+
+    out, _ = tiny_run
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    affines = {}
+    for name, shape in (("a", (20, 22, 10)), ("b", (24, 16, 12))):
+        img = (100 + 5 * rng.standard_normal(shape)).astype(np.float32)
+        img[5:8, 5:8, 4:7] = 20
+        theta = 0.3  # an oblique affine with anisotropic voxels and an offset
+        aff = np.array(
+            [
+                [0.9 * np.cos(theta), -0.9 * np.sin(theta), 0, -40.5],
+                [0.9 * np.sin(theta), 0.9 * np.cos(theta), 0, 12.25],
+                [0, 0, 3.0, -7.0],
+                [0, 0, 0, 1],
+            ]
+        )
+        save_nifti(images / f"{name}.nii.gz", img, aff)
+        affines[name] = load_nifti(images / f"{name}.nii.gz")[1]
+    written = predict_folder(out, images, tmp_path / "pred", device="cpu")
+    assert [p.name for p in written] == ["a.nii.gz", "b.nii.gz"]
+    for p in written:
+        prob, aff, _ = load_nifti(p)
+        src = load_nifti(images / p.name)[0]
+        assert prob.shape == src.shape and prob.dtype == np.float32
+        np.testing.assert_allclose(aff, affines[p.name.split(".")[0]], atol=1e-6)
+        assert 0 <= prob.min() and prob.max() <= 1
+        assert prob[6, 6, 5] > 0.5  # the dark cube is found
+    pp = predict_folder(out, images, tmp_path / "pp", device="cpu", output="postprocessed")
+    assert len(pp) == 2
+
+
+@pytest.mark.slow
+def test_resume_refuses_corrupted_checkpoint(tiny_run, tmp_path):
+    import shutil
+
+    from cmbbench.engine.checkpoint import CheckpointError
+    from cmbbench.engine.run import run
+
+    out, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    last = copy / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"checkpoints/last\.pt is truncated or corrupted"):
+        run(
+            "engine_tiny",
+            "engine-cubes",
+            preset="tiny",
+            device="cpu",
+            out=copy,
+            overrides=TINY,
+            resume=True,
+        )
+    # without --resume an existing run is not overwritten
+    from cmbbench.engine.run import RunDirError
+
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run("engine_tiny", "engine-cubes", preset="tiny", device="cpu", out=copy, overrides=TINY)
+
+
+def test_bad_inputs(plugin, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cmbbench.engine.run import RunDirError, resolve_device, run
+    from cmbbench.errors import UnknownNameError
+    from cmbbench.models.detector import ModelShapeError
+
+    with pytest.raises(UnknownNameError, match="engine_tiny"):
+        run("no_such_model", "engine-cubes", preset="tiny", device="cpu", out=tmp_path / "x")
+    with pytest.raises(UnknownNameError, match="engine-cubes"):
+        run("engine_tiny", "no_such_dataset", preset="tiny", device="cpu", out=tmp_path / "y")
+    with pytest.raises(ModelShapeError, match="engine_badshape"):
+        run("engine_badshape", "engine-cubes", preset="tiny", device="cpu", out=tmp_path / "z")
+    if not torch.cuda.is_available():
+        with pytest.raises(CmbbenchError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"
+
+    real_open = open
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).endswith(".write-test"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(RunDirError, match="disk is full"):
+        run("engine_tiny", "engine-cubes", preset="tiny", device="cpu", out=tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_cli_run_with_plugin(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(
+        app,
+        ["run", "--model", "engine_tiny", "--dataset", "engine-cubes", "--preset", "tiny",
+         "--device", "cpu", "--out", str(out), "--plugin", PLUGIN, "--steps", "12",
+         "--set", "val_every=6", "--set", "checkpoint_every=6", "--batch-size", "2",
+         "--bootstrap", "20", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "run record written to" in result.output and "F1" in result.output
+    data = json.loads((out / "record.json").read_text())
+    assert data["recipe_sources"]["steps"] == "user" and data["recipe"]["batch_size"] == 2
+    # predict through the CLI
+    from cmbbench.io import save_nifti
+
+    img = np.full((16, 16, 8), 100, np.float32)
+    save_nifti(tmp_path / "in" / "x.nii.gz", img, np.diag([1.0, 1.0, 2.0, 1.0]))
+    result = runner.invoke(
+        app,
+        ["predict", "--model-dir", str(out), "--data-dir", str(tmp_path / "in"),
+         "--out", str(tmp_path / "pred"), "--plugin", PLUGIN, "--device", "cpu", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred" / "x.nii.gz").is_file()
+
+
+def test_cli_errors(tmp_path):
+    runner = CliRunner()
+    if not torch.cuda.is_available():
+        r = runner.invoke(app, ["run", "--model", "engine_tiny", "--dataset", "engine-cubes",
+                                "--device", "cuda", "--plugin", PLUGIN, "--out", str(tmp_path / "c")])  # fmt: skip
+        assert r.exit_code == 1 and "no CUDA GPU" in r.output
+    r = runner.invoke(
+        app, ["run", "--model", "engine_tiny", "--plugin", str(tmp_path / "missing.py")]
+    )
+    assert r.exit_code == 1 and "missing.py" in r.output
+    bad = tmp_path / "broken_plugin.py"
+    bad.write_text("import numpy\nraise RuntimeError('boom in plugin')\n")
+    r = runner.invoke(app, ["run", "--model", "x", "--plugin", str(bad)])
+    assert r.exit_code == 1 and "boom in plugin" in r.output and "broken_plugin.py" in r.output
+    r = runner.invoke(app, ["run", "--model", "engine_tiny", "--dataset", "engine-cubes", "--plugin", PLUGIN,
+                            "--set", "nonsense=1", "--out", str(tmp_path / "d")])  # fmt: skip
+    assert r.exit_code == 1 and "unknown recipe key 'nonsense'" in r.output

@@ -55,6 +55,8 @@ class Case:
     label_kind: LabelKind
     loader: Callable[[], CaseData] = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: optional: reads the label alone (no image), for callers that need only labels
+    label_loader: Callable[[], np.ndarray | None] | None = field(default=None, repr=False)
     _data: CaseData | None = field(default=None, init=False, repr=False)
 
     @property
@@ -82,6 +84,16 @@ class Case:
     def ignore(self) -> np.ndarray | None:
         """Optional bool (X, Y, Z) mask of regions excluded from scoring."""
         return self.load().ignore
+
+    def read_label(self) -> np.ndarray | None:
+        """The label without reading the image when possible.
+
+        The cached label if the arrays are loaded; else ``label_loader()`` (not cached) when
+        the dataset provides one; else :meth:`load` (which reads and caches everything).
+        """
+        if self._data is not None or self.label_loader is None:
+            return self.label
+        return self.label_loader()
 
     def release(self) -> None:
         """Drop the cached arrays (they are re-read on next access)."""

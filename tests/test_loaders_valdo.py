@@ -158,3 +158,18 @@ def test_label_dtypes_as_released(tmp_path) -> None:
         for sid in ("sub-101", "sub-201", "sub-301")
     }
     assert dtypes == {"sub-101": np.float64, "sub-201": np.float32, "sub-301": np.uint16}
+
+
+def test_read_label_skips_the_image(tmp_path) -> None:
+    write_valdo_tree(tmp_path, {"sub-201": 3})
+    img = tmp_path / "sub-201" / "sub-201_space-T2S_desc-masked_T2S.nii.gz"
+    data = img.read_bytes()
+    img.write_bytes(data[: len(data) // 2])  # image data unreadable: must not be touched
+    case = load_dataset("valdo", root=str(tmp_path))[0]
+    label = case.read_label()
+    assert count_cmbs(label, "mask") == 3 and case._data is None
+    # stratified splits and dataset summaries read labels only, too
+    assert len(load_dataset("valdo", root=str(tmp_path), split="train")) == 1
+    from cmbbench.datasets.summary import summarize_dataset
+
+    assert summarize_dataset(load_dataset("valdo", root=str(tmp_path))).n_cmb == 3

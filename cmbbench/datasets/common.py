@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,26 +252,35 @@ def nifti_case(
         )
     kind: LabelKind = label_kind if label_path is not None else "none"
 
+    def read_label() -> np.ndarray | None:
+        if label_path is None:
+            return None
+        raw = load_nifti(label_path, case=case_id)[0]
+        if kind == "instance":
+            return as_instance_map(raw, case=case_id, path=label_path)
+        return as_binary_mask(raw, case=case_id, path=label_path)
+
     def load() -> CaseData:
         image = as_image(load_nifti(image_path, case=case_id)[0], case=case_id, path=image_path)
-        label = None
-        if label_path is not None:
-            raw = load_nifti(label_path, case=case_id)[0]
-            if kind == "instance":
-                label = as_instance_map(raw, case=case_id, path=label_path)
-            else:
-                label = as_binary_mask(raw, case=case_id, path=label_path)
         extra = {
             name: as_extra(load_nifti(p, case=case_id)[0], case=case_id, path=p, name=name)
             for name, p in extra_paths.items()
         }
-        return CaseData(image=image, label=label, extra=extra)
+        return CaseData(image=image, label=read_label(), extra=extra)
 
     m = dict(meta or {})
     m.setdefault("image_path", str(image_path))
     if label_path is not None:
         m.setdefault("label_path", str(label_path))
-    return Case(case_id=case_id, affine=affine, shape=shape, label_kind=kind, loader=load, meta=m)
+    return Case(
+        case_id=case_id,
+        affine=affine,
+        shape=shape,
+        label_kind=kind,
+        loader=load,
+        meta=m,
+        label_loader=read_label,
+    )
 
 
 def count_cmbs(label: np.ndarray | None, label_kind: str, *, connectivity: int = 26) -> int:
@@ -288,40 +297,22 @@ def count_cmbs(label: np.ndarray | None, label_kind: str, *, connectivity: int =
     return int(cc3d.connected_components(np.asarray(label) > 0, connectivity=connectivity).max())
 
 
-def count_strata(
-    cases: Sequence[Case],
-    *,
-    group_key: str = "cohort",
-    read_label: Callable[[Case], np.ndarray | None] | None = None,
-) -> list[str]:
+def count_strata(cases: Sequence[Case], *, group_key: str = "cohort") -> list[str]:
     """Stratum labels ``f"{meta[group_key]}|{count_bin(n_cmb)}"`` for :func:`make_splits`.
 
-    Reads every label (``read_label(case)`` when given — e.g. label only, without the
-    image — else the case's arrays, released afterwards unless they were already loaded).
-    Loaders call this only when a split is requested without a split file.
+    Reads every label once via :meth:`Case.read_label` (the label file alone when the
+    loader provides a label reader; otherwise the case is loaded and released again unless
+    it was loaded before). Loaders call this only when a split is requested without a split
+    file.
     """
     out = []
     for c in cases:
-        if read_label is not None:
-            label = read_label(c)
-        else:
-            was_loaded = c._data is not None
-            label = c.label
-            if not was_loaded:
-                c.release()
+        was_loaded = c._data is not None
+        label = None if c.label_kind == "none" else c.read_label()
+        if not was_loaded:
+            c.release()
         out.append(f"{c.meta.get(group_key, '-')}|{count_bin(count_cmbs(label, c.label_kind))}")
     return out
-
-
-def nifti_label_reader(case: Case) -> np.ndarray | None:
-    """Read only a NIfTI case's label (from ``meta['label_path']``), validated like the loader does."""
-    p = case.meta.get("label_path")
-    if p is None or case.label_kind == "none":
-        return None
-    raw = load_nifti(p, case=case.case_id)[0]
-    if case.label_kind == "instance":
-        return as_instance_map(raw, case=case.case_id, path=Path(p))
-    return as_binary_mask(raw, case=case.case_id, path=Path(p))
 
 
 def finish(
@@ -333,7 +324,6 @@ def finish(
     seed: int,
     options: dict[str, Any],
     group_key: str = "cohort",
-    read_label: Callable[[Case], np.ndarray | None] | None = nifti_label_reader,
 ) -> Dataset:
     """Check ids, apply the split and wrap the cases in a :class:`Dataset`."""
     check_unique_ids((c.case_id, Path(c.meta.get("image_path", c.case_id))) for c in cases)
@@ -342,7 +332,7 @@ def finish(
         split,
         split_file=split_file,
         seed=seed,
-        strata=lambda cs: count_strata(cs, group_key=group_key, read_label=read_label),
+        strata=lambda cs: count_strata(cs, group_key=group_key),
     )
     opts = dict(options)
     if split_file is not None:

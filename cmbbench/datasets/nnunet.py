@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,8 +133,8 @@ def _nnunet_case(
     label_path: Path | None,
     cmb_value: int,
     allowed: set[int],
-) -> tuple[Case, Callable[[], np.ndarray]]:
-    """A lazy case plus its label-only reader (used for split stratification)."""
+) -> Case:
+    """A lazy case whose ``label_loader`` reads the label file alone."""
     shape, affine = read_header(image_paths[0], case=cid)
     for p, name in zip(image_paths[1:], channel_names[1:], strict=True):
         check_same_grid(
@@ -177,8 +177,9 @@ def _nnunet_case(
         label_kind="mask" if label_path is not None else "none",
         loader=load,
         meta=meta,
+        label_loader=read_label if label_path is not None else None,
     )
-    return case, read_label
+    return case
 
 
 @register_dataset(INFO)
@@ -220,7 +221,6 @@ def load_nnunet(
     check_unique_ids(ids)
     labelled = subset == "train" or lab_dir.is_dir()
     cases = []
-    readers: dict[str, Callable[[], np.ndarray]] = {}
     for cid, main in ids:
         paths = [main] + [img_dir / f"{cid}_{i:04d}{ending}" for i, _ in chans[1:]]
         for p in paths[1:]:
@@ -229,9 +229,7 @@ def load_nnunet(
         label = lab_dir / f"{cid}{ending}" if labelled else None
         if label is not None and not label.is_file():
             raise InputError("missing label file", case=cid, path=str(label))
-        case, readers[cid] = _nnunet_case(
-            cid, paths, [n for _, n in chans], label, cmb_value, allowed
-        )
+        case = _nnunet_case(cid, paths, [n for _, n in chans], label, cmb_value, allowed)
         cases.append(case)
     return finish(
         INFO,
@@ -240,7 +238,6 @@ def load_nnunet(
         split_file=split_file,
         seed=seed,
         options={"root": str(base), "subset": subset, "cmb_label": cmb_label},
-        read_label=lambda c: readers[c.case_id]() if c.label_kind != "none" else None,
     )
 
 

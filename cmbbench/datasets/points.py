@@ -279,9 +279,6 @@ def load_points(
         split_file=split_file,
         seed=seed,
         options={"root": str(base), "space": space, "one_based": one_based, "mat_key": mat_key},
-        read_label=lambda c: np.asarray(
-            [m["center_mm"] for m in c.meta["cmbs"]], dtype=np.float64
-        ).reshape(-1, 3),
     )
 
 

@@ -105,7 +105,7 @@ def summarize_dataset(
         s.label_kinds[case.label_kind] += 1
         if case.label_kind != "none":
             was_loaded = case._data is not None
-            label = case.label
+            label = case.read_label()
             if label is not None:
                 s.n_labelled += 1
                 if case.label_kind == "points":

@@ -37,6 +37,7 @@ def test_per_case_csv_voxel_and_world(tmp_path) -> None:
     assert s01.label_kind == "points" and s01.label.dtype == np.float64
     np.testing.assert_allclose(s01.label, [[58, -77, -37], [50, -70, -31]])
     assert s02.label.shape == (0, 3)
+    np.testing.assert_allclose(ds[0].read_label(), s01.label)
     assert s01.image.shape == SHAPE
 
 
@@ -133,3 +134,5 @@ def test_no_annotations_and_split(tmp_path) -> None:
     ]
     assert sorted(c.case_id for p in parts for c in p) == [f"s{i:02d}" for i in range(5)]
     assert all(c._data is None for p in parts for c in p)  # stratifying read no image
+    case = parts[0][0]
+    assert case.read_label().shape[1] == 3 and case._data is None  # points need no file read

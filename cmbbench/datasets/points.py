@@ -296,5 +296,11 @@ def _points_case(
         "cmbs": [{"center_mm": p.tolist()} for p in pts],
     }
     return Case(
-        case_id=cid, affine=affine, shape=shape, label_kind="points", loader=load, meta=meta
+        case_id=cid,
+        affine=affine,
+        shape=shape,
+        label_kind="points",
+        loader=load,
+        meta=meta,
+        label_loader=pts.copy,
     )

@@ -101,3 +101,21 @@ def test_split(tmp_path) -> None:
     a = [c.case_id for c in load_dataset("folder", root=str(tmp_path), split="train", seed=5)]
     b = [c.case_id for c in load_dataset("folder", root=str(tmp_path), split="train", seed=5)]
     assert a == b and len(a) == 3  # 5 cases at 0.6 -> 3
+
+
+def test_split_counts_are_read_once_per_label_file(tmp_path, monkeypatch) -> None:
+    import cmbbench.datasets.common as common
+
+    write_folder_tree(tmp_path)
+    reads = []
+    real = common.as_binary_mask
+    monkeypatch.setattr(common, "as_binary_mask", lambda *a, **k: reads.append(1) or real(*a, **k))
+    monkeypatch.setattr(common, "_COUNT_CACHE", {})
+    for s in ("train", "val", "test"):
+        load_dataset("folder", root=str(tmp_path), split=s)
+    assert len(reads) == 5  # 5 label files, read once across the three splits
+    # a rewritten label file is read again (the key has its size and mtime)
+    _, mask, _ = case_arrays((16, 16, 6), 4, seed=9)
+    write_nifti(tmp_path / "labels" / "case_b.nii.gz", mask, AFF)
+    load_dataset("folder", root=str(tmp_path), split="test")
+    assert len(reads) == 6

@@ -297,21 +297,47 @@ def count_cmbs(label: np.ndarray | None, label_kind: str, *, connectivity: int =
     return int(cc3d.connected_components(np.asarray(label) > 0, connectivity=connectivity).max())
 
 
+# CMB counts of label files already read in this process, keyed by (path, size, mtime, kind):
+# loading the train, val and test splits one after another reads each label only once
+_COUNT_CACHE: dict[tuple[str, int, int, str], int] = {}
+_COUNT_CACHE_MAX = 100_000
+
+
+def _label_file_key(case: Case) -> tuple[str, int, int, str] | None:
+    p = case.meta.get("label_path")
+    if not p or case.label_kind not in ("mask", "instance"):
+        return None
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return (str(p), int(st.st_size), int(st.st_mtime_ns), case.label_kind)
+
+
 def count_strata(cases: Sequence[Case], *, group_key: str = "cohort") -> list[str]:
     """Stratum labels ``f"{meta[group_key]}|{count_bin(n_cmb)}"`` for :func:`make_splits`.
 
     Reads every label once via :meth:`Case.read_label` (the label file alone when the
     loader provides a label reader; otherwise the case is loaded and released again unless
-    it was loaded before). Loaders call this only when a split is requested without a split
-    file.
+    it was loaded before). Counts of label files are remembered for the process (keyed by
+    path, size and modification time), so loading several splits reads each file once.
+    Loaders call this only when a split is requested without a split file.
     """
     out = []
     for c in cases:
-        was_loaded = c._data is not None
-        label = None if c.label_kind == "none" else c.read_label()
-        if not was_loaded:
-            c.release()
-        out.append(f"{c.meta.get(group_key, '-')}|{count_bin(count_cmbs(label, c.label_kind))}")
+        key = _label_file_key(c)
+        n = _COUNT_CACHE.get(key) if key is not None else None
+        if n is None:
+            was_loaded = c._data is not None
+            label = None if c.label_kind == "none" else c.read_label()
+            if not was_loaded:
+                c.release()
+            n = count_cmbs(label, c.label_kind)
+            if key is not None:
+                if len(_COUNT_CACHE) >= _COUNT_CACHE_MAX:
+                    _COUNT_CACHE.clear()
+                _COUNT_CACHE[key] = n
+        out.append(f"{c.meta.get(group_key, '-')}|{count_bin(n)}")
     return out
 
 

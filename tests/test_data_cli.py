@@ -187,3 +187,40 @@ def test_montage_view_ignores_voxel_order() -> None:
     # radiological display: RAS x grows to the patient's right -> columns reversed; anterior up
     assert v_ras.flip_cols and v_ras.flip_rows and not v_las.flip_cols
     assert v_ras.rowcol(np.array([0.0, 0.0, 2.0]), vol.shape) == (6.0, 5.0)
+
+
+def test_render_synthetic_like_case_with_mimics(tmp_path) -> None:
+    from cmbbench.cases import Case, CaseData
+    from cmbbench.datasets.viz import _mimics, render_case
+
+    shape = (20, 20, 8)
+    img = np.full(shape, 100.0, np.float32)
+    inst = np.zeros(shape, np.uint16)
+    inst[5:7, 5:7, 3] = 1
+    inst[12:14, 12:14, 4] = 2
+    ignore = np.zeros(shape, bool)
+    ignore[15, 3, 3] = True
+    mm = np.zeros(shape, np.uint8)
+    mm[8, 2:18, 3] = 1  # a vein across slice 3
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    meta = {
+        "protocol": "t2s_2d_1x1x3",
+        "mimics": [
+            {"type": "calcification", "centre_mm": [9.0, 9.0, 6.0]},  # voxel (9, 9, 3)
+            {"type": "vein", "kind": "cortical", "centre_mm": [8.0, 10.0, 6.0]},
+            {"type": "iron"},  # no centre: skipped
+        ],
+    }
+    case = Case(
+        "syn-0001",
+        aff,
+        shape,
+        "instance",
+        lambda: CaseData(img, inst, ignore, {"mimics": mm}),
+        meta,
+    )
+    marks = _mimics(case)
+    assert [k for _, k in marks] == ["calcification", "vein"]
+    np.testing.assert_allclose(marks[0][0], [9, 9, 3])
+    out = render_case(case, tmp_path / "syn.png", crop_mm=16)
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,8 @@
 
 Like figure 8 of the seed report: for each CMB, the raw slice around it and the same crop
 with the ground truth outlined (green); synthetic mimics (``meta["mimics"]``) are marked
-with an orange ``x`` and their kind, ``ignore`` regions are outlined in yellow, centre
+with an orange ``x`` and their type (and a mimic map in ``CaseData.extra["mimics"]``, when
+present, is outlined in dotted orange), ``ignore`` regions are outlined in yellow, centre
 points (point-annotated sets) are red circles. Axial slices are taken along the array axis
 closest to the world S–I axis and shown in radiological convention (patient right on the
 viewer's left, anterior up), whatever the file's voxel order (e.g. VALDO's LAS).
@@ -146,7 +147,7 @@ def _mimics(case: Case) -> list[tuple[np.ndarray, str]]:
         kind = "mimic"
         if isinstance(rec, dict):
             xyz = next((rec[k] for k in _MIMIC_CENTRE_KEYS if k in rec), None)
-            kind = str(rec.get("kind", rec.get("type", "mimic")))
+            kind = str(rec.get("type", rec.get("kind", "mimic")))
         elif isinstance(rec, list | tuple) and len(rec) == 3:
             xyz = rec
         if xyz is None:
@@ -178,6 +179,10 @@ def render_case(
     image = np.asarray(case.image, dtype=np.float32)
     label = case.label
     ignore = case.ignore
+    extra = case.load().extra
+    mimic_map = next((extra[k] for k in ("mimics", "mimic_map") if k in extra), None)
+    if mimic_map is not None and np.shape(mimic_map) != np.shape(case.image):
+        mimic_map = None
     view = _View.of(case.affine, case.spacing)
     shape = image.shape
     nz = image[image != 0]
@@ -259,7 +264,11 @@ def render_case(
             overlay = j == ncell - 1
             if not overlay:
                 continue
-            for vol, color, style in ((mask, "lime", "solid"), (ignore, "yellow", "dashed")):
+            for vol, color, style in (
+                (mimic_map, "orange", "dotted"),
+                (mask, "lime", "solid"),
+                (ignore, "yellow", "dashed"),
+            ):
                 if vol is None:
                     continue
                 m2 = view.slice2d(np.asarray(vol).astype(np.float32), k)

@@ -94,4 +94,4 @@ def build_leaderboard(
     written.append(_write_text(out / "leaderboard.md", render_markdown(tables, md_plots)))
     written.append(_write_text(out / "leaderboard.csv", render_csv(tables)))
     written.append(_write_text(out / "leaderboard.html", render_html(tables, html_images)))
-    return sorted(written, key=lambda p: p.as_posix())
+    return sorted(set(written), key=lambda p: p.as_posix())

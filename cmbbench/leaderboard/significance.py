@@ -7,7 +7,8 @@ rows) and a Wilcoxon signed-rank test over per-case F1 (the test of the VALDO 20
 With several seeds per row, each row is first reduced to *seed-averaged per-case results*:
 for every case id, TP, FP, FN, the number of CMBs and of predictions are averaged over the
 row's seeds (stored as sums scaled to a common denominator, which leaves every ratio —
-recall, precision, F1, per-case F1 — unchanged). The test then asks whether the rows differ
+recall, precision, F1, per-case F1 — unchanged). The rows' binarisation thresholds (each
+model's own operating point) are not part of the comparison's rule parameters. The test then asks whether the rows differ
 on these cases, not whether one seed beats another.
 """
 
@@ -17,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from cmbbench.leaderboard.store import MODEL_PARAMS
 from cmbbench.leaderboard.table import Row, Table
 from cmbbench.scoring.compare import compare
 from cmbbench.scoring.records import CaseResult
@@ -53,7 +55,7 @@ def seed_averaged_cases(row: Row, scale: int, case_ids: set[str]) -> list[CaseRe
             CaseResult(
                 case_id=cid,
                 rule=c.rule,
-                params=dict(c.params),
+                params={k: v for k, v in c.params.items() if k not in MODEL_PARAMS},
                 spacing=c.spacing,
                 shape=c.shape,
                 n_gt=s["n_gt"] * factor,

@@ -10,6 +10,7 @@ is only ever compared with rows scored on the same cases under the same rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RECORD_TYPE = "cmbbench-run"  # the "record_type" of a run record (cmbbench.engine.record)
 RECORD_NAME = "record.json"
+# per-case "params" entries that belong to the model's operating point, not to the rule
+MODEL_PARAMS: tuple[str, ...] = ("threshold",)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class GroupKey:
         text = "".join(keep)
         while "--" in text:
             text = text.replace("--", "-")
-        return text.strip("-").replace(".", "_")
+        digest = hashlib.sha256(self.params.encode("utf-8")).hexdigest()[:6]
+        return f"{text.strip('-').replace('.', '_')}-{digest}"
 
 
 @dataclass
@@ -92,13 +96,30 @@ class RunEntry:
 
     @property
     def group_key(self) -> GroupKey:
-        params = json.dumps(json.loads(dumps(self.params)), sort_keys=True)
-        return GroupKey(self.dataset, self.version, self.split, self.rule, params, self.track)
+        return GroupKey(
+            self.dataset,
+            self.version,
+            self.split,
+            self.rule,
+            rule_params_key(self.params),
+            self.track,
+        )
 
     @property
     def row_key(self) -> tuple[str, str, str]:
         """Runs with the same model, recipe and hardware are seeds of one row."""
         return (self.model, self.recipe_label, self.hardware)
+
+
+def rule_params_key(params: Mapping[str, Any]) -> str:
+    """The scoring-rule parameters that define a table, as compact sorted JSON.
+
+    The binarisation ``threshold`` is left out: it is each model's own operating point (tuned on
+    its validation split), not part of the rule, so models with different thresholds are still
+    compared in one table.
+    """
+    kept = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
+    return json.dumps(json.loads(dumps(kept)), sort_keys=True)
 
 
 def _short(v: Any) -> str:
@@ -146,13 +167,17 @@ def _looks_like_record(path: Path) -> bool:
 
 # ---------------------------------------------------------------------------- loading
 def _hardware(env: Mapping[str, Any]) -> tuple[str, str]:
-    """(row label, track class): ``("cuda:0 NVIDIA H100 ...", "gpu")`` or ``("cpu", "cpu")``."""
+    """(row label, track class), e.g. ``("cuda:0 NVIDIA H100 80GB HBM3", "gpu")`` or
+    ``("cpu (AMD EPYC, 2 cores)", "cpu")``."""
     device = str(env.get("device") or "unknown")
     cls = "gpu" if device.startswith("cuda") else device.split(":")[0]
     name = env.get("device_name")
-    if cls == "gpu" and name:
-        return f"{device} {name}", cls
-    return device, cls
+    if cls == "gpu":
+        return (f"{device} {name}" if name else device), cls
+    details = [str(name)] if name else []
+    if isinstance(env.get("cpu_count"), int):
+        details.append(f"{env['cpu_count']} cores")
+    return (f"{device} ({', '.join(details)})" if details else device), cls
 
 
 def _timings(t: Mapping[str, Any]) -> dict[str, float]:

@@ -35,6 +35,10 @@ _EXPORTS: dict[str, str] = {
     "register_model": "cmbbench.models.registry",
     "create_model": "cmbbench.models.registry",
     "list_models": "cmbbench.models.registry",
+    "model_info": "cmbbench.models.registry",
+    "load_plugin": "cmbbench.models.registry",
+    "Prediction": "cmbbench.models.detector",
+    "Detector": "cmbbench.models.detector",
     "run": "cmbbench.engine.run",
     # errors
     "CmbbenchError": "cmbbench.errors",

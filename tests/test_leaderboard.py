@@ -273,3 +273,14 @@ def test_committed_leaderboard_regenerates_identically(tmp_path: Path) -> None:
         assert committed.read_bytes() == p.read_bytes(), (
             f"leaderboards/{rel} differs from a regeneration"
         )
+
+
+def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO / "docs" / "leaderboards.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    write_records(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/leaderboards.md", "exec"), {})
+    assert (tmp_path / "leaderboard" / "leaderboard.html").is_file()
+    assert (tmp_path / "leaderboard" / "leaderboard.md").is_file()

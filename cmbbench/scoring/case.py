@@ -33,6 +33,7 @@ from cmbbench.scoring.components import (
     foreground_indices,
     label_instances,
     label_mask,
+    nonzero_indices,
     overlap_table,
     values_at,
     world_centres,
@@ -161,7 +162,7 @@ def _prediction_components(
             )
         return label_mask(pred, connectivity), False
     if kind == "mask" or (kind == "auto" and pred.dtype.kind in "iu"):
-        fg = foreground_indices(pred != 0)
+        fg = nonzero_indices(pred)
         _binary_values_check(
             values_at(pred, fg),
             "prediction mask",
@@ -197,14 +198,16 @@ def _prediction_components(
 
 
 def _gt_components(gt: np.ndarray, kind: str, connectivity: int, case_id: str) -> Components:
-    fg = foreground_indices(gt != 0) if gt.dtype != bool else foreground_indices(gt)
+    fg = nonzero_indices(gt)
     if gt.dtype == bool:
+        if kind == "instance":  # a bool instance map holds one CMB (id 1)
+            return label_instances(gt, flat=fg, values=np.ones(fg.size, dtype=np.int64))
         return label_mask(gt, connectivity, flat=fg)
     vals = values_at(gt, fg)
     if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
         raise InputError("ground truth contains NaN or Inf", case=case_id)
     if kind == "binarise":  # valdo: any non-zero voxel is foreground, labelled
-        return label_mask(gt != 0, connectivity, flat=fg)
+        return label_mask(gt, connectivity, flat=fg)
     if kind == "instance":
         if np.any(vals < 0) or np.any(vals != np.round(vals)):
             raise InputError(
@@ -224,7 +227,7 @@ def _gt_components(gt: np.ndarray, kind: str, connectivity: int, case_id: str) -
         case_id,
         "; declare instance labels (gt_kind='instance', --gt-instance) if each value is one CMB",
     )
-    return label_mask(gt != 0, connectivity, flat=fg)
+    return label_mask(gt, connectivity, flat=fg)
 
 
 # --------------------------------------------------------------------------- main entry

@@ -97,6 +97,22 @@ def foreground_indices(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
     return np.flatnonzero(m).astype(np.int64, copy=False)
 
 
+def nonzero_indices(array: NDArray) -> NDArray[np.int64]:
+    """Sorted C-order flat indices of the non-zero voxels of any numeric array.
+
+    Bool and 1-byte integer arrays are read through a zero-copy bool view (``nonzero`` of a
+    bool array is many times faster than of ``uint8``); wider types are compared with 0 once.
+    NaN counts as non-zero.
+    """
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return foreground_indices(a)
+    if a.dtype.kind in "iu" and a.dtype.itemsize == 1:
+        c = np.ascontiguousarray(a)
+        return np.flatnonzero(c.view(np.bool_)).astype(np.int64, copy=False)
+    return foreground_indices(a != 0)
+
+
 def values_at(array: NDArray, flat: NDArray[np.int64]) -> NDArray:
     """Values of ``array`` at C-order flat indices (any memory layout, no full copy)."""
     if array.flags.c_contiguous:
@@ -147,13 +163,15 @@ def _label_sparse(
     return raw.astype(np.int64, copy=False)
 
 
-def _label_dense(mask: NDArray[np.bool_], flat: NDArray[np.int64], connectivity: int):
+def _label_dense(
+    flat: NDArray[np.int64], shape: tuple[int, int, int], connectivity: int
+) -> NDArray[np.int64]:
     import cc3d
 
-    labels = cc3d.connected_components(
-        np.ascontiguousarray(mask, dtype=bool), connectivity=connectivity
-    )
-    return values_at(labels, flat).astype(np.int64, copy=False)
+    mask = np.zeros(shape, dtype=bool)
+    mask.reshape(-1)[flat] = True
+    labels = cc3d.connected_components(mask, connectivity=connectivity)
+    return labels.reshape(-1)[flat].astype(np.int64, copy=False)
 
 
 def label_mask(
@@ -164,17 +182,18 @@ def label_mask(
     flat: NDArray[np.int64] | None = None,
     method: str = "auto",
 ) -> Components:
-    """Connected components of a 3-D bool mask.
+    """Connected components of a 3-D mask (non-zero voxels are foreground).
 
     ``values``: optional array of the same shape (e.g. a probability map); its maximum over
     each component is returned in ``max_value``. ``flat``: the mask's foreground indices when
-    already known. ``method``: ``"auto"`` (hybrid), ``"sparse"`` or ``"cc3d"``.
+    already known (``mask`` is then only used for its shape). ``method``: ``"auto"``
+    (hybrid), ``"sparse"`` or ``"cc3d"``.
     """
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be one of 6, 18, 26; received {connectivity!r}")
     shape = tuple(int(s) for s in mask.shape)
     if flat is None:
-        flat = foreground_indices(mask)
+        flat = nonzero_indices(mask)
     n_fg = flat.size
     if method == "auto":
         work = n_fg * len(neighbour_offsets(connectivity))
@@ -188,7 +207,7 @@ def label_mask(
     elif method == "sparse":
         raw = _label_sparse(flat, shape, connectivity)  # type: ignore[arg-type]
     elif method == "cc3d":
-        raw = _label_dense(mask, flat, connectivity)
+        raw = _label_dense(flat, shape, connectivity)  # type: ignore[arg-type]
     else:
         raise ValueError(f"method must be 'auto', 'sparse' or 'cc3d'; received {method!r}")
     n, label = _first_occurrence_order(raw)

@@ -1,1 +1,24 @@
-"""datasets/synthetic."""
+"""The embedded default dataset ``synthetic``: semi-synthetic CMBs on the MNI152 anatomy.
+
+Importing this package registers the dataset (cheap: numpy/scipy/nibabel only; the
+templates load on first generation). See ``docs/datasets-synthetic.md``.
+"""
+
+from __future__ import annotations
+
+from cmbbench.datasets.synthetic.contrast import list_protocols
+from cmbbench.datasets.synthetic.dataset import INFO, compute_splits, export_tree, synthetic
+from cmbbench.datasets.synthetic.generator import SubjectSpec, generate_subject
+from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "INFO",
+    "PRESETS",
+    "SubjectSpec",
+    "compute_splits",
+    "export_tree",
+    "generate_subject",
+    "list_protocols",
+    "synthetic",
+]

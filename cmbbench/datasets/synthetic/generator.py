@@ -1,0 +1,328 @@
+"""One synthetic subject, deterministic from (generator version, seed, subject id, component).
+
+Pipeline: plan (count, locations, moments, mimics; :mod:`.sampling`, :mod:`.mimics`) ->
+1 mm tissue signal from the template maps with iron, veins and air–bone drop-out
+(:mod:`.contrast`) -> acquisition onto the target grid (:mod:`.acquisition`) -> CMBs,
+calcifications and iron foci as dipoles rendered on the target grid with sub-voxel sampling
+(:mod:`.lesions`) -> bias field, Rician noise, brain masking.
+
+Labels: a CMB's voxels are those where its own attenuation leaves ≥ 30 % signal loss; a CMB
+whose strongest voxel loses ≥ 25 % but none ≥ 30 % is labelled at that voxel (so every kept
+CMB has ≥ 1 voxel); a CMB losing < 25 % everywhere is "ignore": listed in ``meta["cmbs"]``
+with ``ignore=True``, absent from the label, its ≥ 10 % loss voxels set in the ignore mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cmbbench.datasets.synthetic.acquisition import (
+    Grid,
+    acquire,
+    bias_field,
+    random_pose,
+    rician_noise,
+    target_grid,
+)
+from cmbbench.datasets.synthetic.anatomy import load_anatomy
+from cmbbench.datasets.synthetic.contrast import Protocol, get_protocol, tissue_image
+from cmbbench.datasets.synthetic.lesions import LesionModel, render_dipole
+from cmbbench.datasets.synthetic.mimics import (
+    AIR_POCKETS,
+    airbone_attenuation,
+    dipole_record,
+    plan_calcifications,
+    plan_iron_foci,
+    plan_veins,
+    render_veins,
+)
+from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, get_preset
+from cmbbench.datasets.synthetic.sampling import (
+    P_LOBAR_ONLY,
+    component_rng,
+    place_cmbs,
+    region_weights,
+    sample_count,
+)
+
+LABEL_LOSS = 0.30  # a voxel belongs to a CMB where its own attenuation loses ≥ 30 %
+KEEP_LOSS = 0.25  # a CMB whose strongest voxel loses < 25 % is "ignore"
+IGNORE_LOSS = 0.10  # extent of an ignored CMB in the ignore mask
+MIMIC_CODES = {"vein": 1, "calcification": 2, "iron_focus": 3, "air_bone": 4}
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """Everything that determines one generated subject (and its cache fingerprint)."""
+
+    subject_id: str
+    seed: int
+    protocol: str
+    preset: str
+    lesion_model: LesionModel = "dipole"
+    version: str = GENERATOR_VERSION
+
+    @property
+    def case_id(self) -> str:
+        return self.subject_id
+
+    def fingerprint(self) -> dict:
+        p = get_preset(self.preset)
+        return {
+            **asdict(self),
+            "protocol_params": get_protocol(self.protocol).as_dict(),
+            "box_mm": p.box_mm,
+            "count_cap": p.count_cap,
+            "margin_mm": p.margin_mm,
+        }
+
+
+@dataclass
+class Subject:
+    """A generated subject on its target grid: arrays have shape ``grid.shape``."""
+
+    spec: SubjectSpec
+    grid: Grid
+    image: np.ndarray  # float32
+    label: np.ndarray  # uint16 instance map
+    ignore: np.ndarray  # bool
+    mimics: np.ndarray  # uint8, MIMIC_CODES
+    meta: dict = field(default_factory=dict)
+
+
+def subject_ids(n: int) -> list[str]:
+    """``sub-0001`` … ``sub-{n:04d}``."""
+    return [f"sub-{i:04d}" for i in range(1, int(n) + 1)]
+
+
+def subject_protocol(
+    seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION
+) -> str:
+    """The protocol a subject draws from the preset's mix."""
+    mix = get_preset(preset).protocols
+    names = sorted(mix)
+    w = np.asarray([mix[k] for k in names], dtype=np.float64)
+    rng = component_rng(version, seed, subject_id, "protocol")
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+
+def subject_count(seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION) -> int:
+    """The planned CMB count (before placement/ignore) of a subject."""
+    cap = get_preset(preset).count_cap
+    return sample_count(component_rng(version, seed, subject_id, "count"), cap)
+
+
+def _brain_box() -> tuple[float, ...]:
+    anat = load_anatomy()
+    idx = np.argwhere(anat.brain)
+    lo = anat.affine[:3, :3] @ idx.min(0) + anat.affine[:3, 3]
+    hi = anat.affine[:3, :3] @ idx.max(0) + anat.affine[:3, 3]
+    return (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+
+
+def _grow(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
+    return tuple(v - margin if i % 2 == 0 else v + margin for i, v in enumerate(box))
+
+
+def _sim_crop(grid: Grid, pose: np.ndarray, sim_affine: np.ndarray, shape, pad: int = 4):
+    """Slices of the simulation grid that the target grid's footprint needs."""
+    corners = (
+        np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in grid.shape], indexing="ij"))
+        .reshape(3, -1)
+        .T
+    )
+    m = np.linalg.inv(sim_affine) @ pose @ grid.affine
+    ijk = corners @ m[:3, :3].T + m[:3, 3]
+    lo = np.maximum(np.floor(ijk.min(0)).astype(int) - pad, 0)
+    hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + pad + 1, shape)
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    aff = sim_affine.copy()
+    aff[:3, 3] = sim_affine[:3, :3] @ lo + sim_affine[:3, 3]
+    return sl, aff
+
+
+def _round(v, nd: int = 3) -> list[float]:
+    return [round(float(x), nd) for x in v]
+
+
+def generate_subject(spec: SubjectSpec) -> Subject:
+    """Generate one subject (deterministic: same spec -> byte-identical arrays)."""
+    preset = get_preset(spec.preset)
+    protocol: Protocol = get_protocol(spec.protocol)
+    anat = load_anatomy()
+    rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
+    b0, te = protocol.field_strength_t, protocol.te_ms
+
+    box = preset.box_mm if preset.box_mm is not None else _brain_box()
+    place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
+    pose = random_pose(rng("pose"))
+    grid = target_grid(pose, _grow(box, preset.margin_mm), protocol.voxel_mm)
+    to_world = np.linalg.inv(pose)
+
+    # ---- plan -----------------------------------------------------------------------------
+    count = sample_count(rng("count"), preset.count_cap)
+    lobar_only = bool(rng("pattern").random() < P_LOBAR_ONLY)
+    veins = plan_veins(rng("veins"), protocol.vein_loss, place_box)
+    calcs = plan_calcifications(rng("calcifications"), place_box)
+    foci = plan_iron_foci(rng("iron"), place_box)
+    avoid = [v.points for v in veins] + [np.asarray([d.centre_mni]) for d in calcs + foci]
+    avoid_pts = np.concatenate(avoid, axis=0) if avoid else None
+    cmbs = place_cmbs(
+        rng("cmbs"), count, region_weights(lobar_only), b0, te, place_box, avoid_pts, avoid_mm=3.0
+    )
+
+    # ---- 1 mm simulation --------------------------------------------------------------------
+    sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
+    crng = rng("contrast")
+    jitter = {
+        t: {k: float(crng.uniform(0.9, 1.1)) for k in ("pd", "t1", "t2s")}
+        for t in ("gm", "wm", "csf")
+    }
+    iron_gain = np.float32(crng.uniform(0.8, 1.2))
+    iron = 1.0 + (anat.iron[sl] - 1.0) * iron_gain
+    sim, s_wm = tissue_image(anat.gm[sl], anat.wm[sl], anat.csf[sl], iron, protocol, jitter)
+    vein_att = render_veins(veins)[sl]
+    air = airbone_attenuation(b0, te, tuple(protocol.voxel_mm))[sl]
+    sim *= vein_att
+    sim *= air
+
+    image = acquire(sim, sim_aff, pose, grid)
+    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid) >= 0.5
+    vein_loss = 1.0 - acquire(vein_att, sim_aff, pose, grid)
+    air_loss = 1.0 - acquire(air, sim_aff, pose, grid)
+    mimic_map = np.zeros(grid.shape, dtype=np.uint8)
+    mimic_map[(air_loss >= 0.3) & brain] = MIMIC_CODES["air_bone"]
+    mimic_map[(vein_loss >= 0.2) & brain] = MIMIC_CODES["vein"]
+
+    # ---- dipoles on the target grid -----------------------------------------------------------
+    mimic_records: list[dict] = []
+    for d in calcs + foci:
+        c_world = to_world[:3, :3] @ np.asarray(d.centre_mni) + to_world[:3, 3]
+        out = render_dipole(
+            c_world, d.moment, d.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
+        )
+        if out is not None:
+            s, att = out
+            image[s] *= att
+            mimic_map[s][att <= 0.8] = MIMIC_CODES[d.kind]
+        mimic_records.append(dipole_record(d, c_world))
+    for v in veins:
+        pts_world = v.points @ to_world[:3, :3].T + to_world[:3, 3]
+        mimic_records.append(
+            {
+                "type": "vein",
+                "kind": v.kind,
+                "centre_mm": _round(pts_world[len(pts_world) // 2]),
+                "start_mm": _round(pts_world[0]),
+                "end_mm": _round(pts_world[-1]),
+                "radius_mm": round(v.radius_mm, 3),
+                "length_mm": round(0.5 * (len(pts_world) - 1), 1),
+                "centre_loss": round(v.loss, 3),
+            }
+        )
+    for name, (c, a) in AIR_POCKETS.items():
+        c_world = to_world[:3, :3] @ np.asarray(c) + to_world[:3, 3]
+        mimic_records.append(
+            {"type": "air_bone", "site": name, "centre_mm": _round(c_world), "radius_mm": a}
+        )
+
+    label = np.zeros(grid.shape, dtype=np.uint16)
+    best = np.ones(grid.shape, dtype=np.float32)  # the strongest CMB attenuation per voxel
+    ignore = np.zeros(grid.shape, dtype=bool)
+    kept: list[dict] = []
+    ignored: list[dict] = []
+    voxel_volume = float(np.prod(protocol.voxel_mm))
+    for c in cmbs:
+        c_world = to_world[:3, :3] @ np.asarray(c.centre_mni) + to_world[:3, 3]
+        rec = {
+            "centre_mm": _round(c_world),
+            "moment": round(c.moment, 4),
+            "region": c.region,
+            "core_diameter_mm": round(2.0 * c.core_radius_mm, 3),
+        }
+        out = render_dipole(
+            c_world, c.moment, c.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
+        )
+        if out is None:
+            continue
+        s, att = out
+        image[s] *= att
+        loss = (1.0 - att) * brain[s]
+        max_loss = float(loss.max())
+        rec["max_loss"] = round(max_loss, 3)
+        if max_loss >= KEEP_LOSS:
+            vox = loss >= LABEL_LOSS
+            if not vox.any():
+                vox = loss == loss.max()
+            lid = len(kept) + 1
+            sub_label, sub_best = label[s], best[s]
+            take = vox & (att < sub_best)
+            sub_label[take] = lid
+            sub_best[take] = att[take]
+            rec.update(id=lid, ignore=False, _s=s, _vox=vox)
+            kept.append(rec)
+        else:
+            ignore[s] |= loss >= IGNORE_LOSS
+            ignore[s][np.unravel_index(int(np.argmax(loss)), loss.shape)] = True
+            rec.update(ignore=True, diameter_mm=0.0, n_voxels=0)
+            ignored.append(rec)
+    ignore &= label == 0
+    for rec in kept:
+        n = int((label[rec.pop("_s")] == rec["id"]).sum())
+        rec.pop("_vox")
+        rec["n_voxels"] = n
+        rec["diameter_mm"] = round(float((6.0 * n * voxel_volume / np.pi) ** (1.0 / 3.0)), 3)
+    for j, rec in enumerate(ignored):
+        rec["id"] = len(kept) + 1 + j
+
+    # ---- bias, scale, noise, mask -----------------------------------------------------------------
+    nrng = rng("noise")
+    snr = float(nrng.uniform(*protocol.snr))
+    rms = float(nrng.uniform(0.10, 0.20))
+    scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
+    image *= bias_field(nrng, grid.shape, rms)
+    image *= np.float32(scale)
+    image = rician_noise(nrng, image, protocol.scale / snr)
+    image *= brain
+    label[~brain] = 0
+
+    order = [
+        "id",
+        "centre_mm",
+        "moment",
+        "region",
+        "diameter_mm",
+        "ignore",
+        "n_voxels",
+        "core_diameter_mm",
+        "max_loss",
+    ]
+    cmb_records = [{k: r[k] for k in order} for r in kept + ignored]
+    meta = {
+        "protocol": protocol.name,
+        "cohort": protocol.name,
+        "field_strength_t": protocol.field_strength_t,
+        "sequence": protocol.sequence,
+        "voxel_mm": list(protocol.voxel_mm),
+        "te_ms": protocol.te_ms,
+        "tr_ms": protocol.tr_ms,
+        "flip_deg": protocol.flip_deg,
+        "snr": round(snr, 3),
+        "bias_rms": round(rms, 4),
+        "lobar_only": lobar_only,
+        "planned_count": count,
+        "n_cmb": len(kept),
+        "n_ignore": len(ignored),
+        "cmbs": cmb_records,
+        "mimics": mimic_records,
+        "lesion_attrs": {r["id"]: {"region": r["region"]} for r in kept},
+        "generator_version": spec.version,
+        "seed": spec.seed,
+        "subject_id": spec.subject_id,
+        "preset": spec.preset,
+        "lesion_model": spec.lesion_model,
+        "pose": [_round(row, 6) for row in pose],
+    }
+    return Subject(spec, grid, image.astype(np.float32, copy=False), label, ignore, mimic_map, meta)

@@ -1,0 +1,70 @@
+"""Dataset presets (size, protocol mix, field of view) and the frozen generator version."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cmbbench.errors import UnknownNameError
+
+#: Frozen generator version: bump it whenever generated volumes would change.
+GENERATOR_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A dataset preset.
+
+    ``protocols``: protocol name -> sampling weight (each subject draws one).
+    ``box_mm``: (xmin, xmax, ymin, ymax, zmin, zmax) MNI mm field of view, ``None`` = the
+    whole brain's bounding box. ``count_cap``: most CMBs per subject.
+    """
+
+    name: str
+    n: int
+    protocols: dict[str, float]
+    box_mm: tuple[float, float, float, float, float, float] | None = None
+    count_cap: int = 60
+    margin_mm: float = 4.0
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        "default",
+        120,
+        {
+            "t2s2d_3t_1x1x3": 0.25,
+            "t2s2d_3t_1x1x4": 0.15,
+            "t2s2d_3t_045x045x4": 0.15,
+            "t2s3d_15t_05x05x08": 0.12,
+            "swi_3t_094x094x175": 0.23,
+            "swi_3t_045x045x1": 0.10,
+        },
+        description="120 subjects, six protocols shaped like the public CMB cohorts",
+    ),
+    "quick": Preset(
+        "quick",
+        48,
+        {"t2s2d_3t_1x1x3": 1.0},
+        description="48 subjects, one cheap 2D T2* protocol (1×1×3 mm), cropped to the brain",
+    ),
+    "tiny": Preset(
+        "tiny",
+        8,
+        {"t2s2d_3t_1x1x3": 1.0},
+        box_mm=(-40.0, 40.0, -50.0, 30.0, -12.0, 30.0),
+        count_cap=8,
+        margin_mm=2.0,
+        description="8 small subjects (a 80×80×42 mm slab, 1×1×3 mm) for tests",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset ``name`` (unknown names list the known ones)."""
+    if name not in PRESETS:
+        raise UnknownNameError("preset", name, list(PRESETS))
+    return PRESETS[name]

@@ -93,6 +93,13 @@ def index_folder(folder: str | os.PathLike[str], what: str) -> dict[str, Path]:
     return out
 
 
+def _n_cores() -> int:
+    """CPU cores available to this process."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _score_one(job: tuple[str, str | None, str, dict[str, Any]]) -> CaseResult:
     """Load one (prediction, ground truth) pair and score it (runs in a worker process)."""
     case_id, pred_path, gt_path, kwargs = job
@@ -201,7 +208,7 @@ def score_folder(
         if case_meta is not None:
             kw["meta"] = dict(case_meta(cid))
         jobs.append((cid, None if pp is None else str(pp), str(gp), kw))
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    n_workers = max(1, min(workers or _n_cores(), len(jobs)))
     results: dict[str, CaseResult] = {}
     if n_workers == 1:
         for job in jobs:

@@ -61,7 +61,6 @@ def _case(case_id: str, label: np.ndarray):
 
 
 def test_tune_postprocess_picks_the_grid_optimum():
-    pytest.importorskip("cmbbench.scoring.case")
     from cmbbench.engine.postprocess import postprocess_grid, tune_postprocess
 
     # case a: one 27-voxel CMB predicted at 0.9, plus a 1-voxel false positive at 0.95
@@ -95,7 +94,6 @@ def test_tune_postprocess_picks_the_grid_optimum():
 
 
 def test_tune_postprocess_bad_input():
-    pytest.importorskip("cmbbench.scoring.case")
     from cmbbench.engine.postprocess import tune_postprocess
     from cmbbench.errors import CmbbenchError, InputError
 

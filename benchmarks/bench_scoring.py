@@ -125,3 +125,41 @@ def test_d_score_case_probability(benchmark, case):
     print(
         f"\nscore_case(prob) peak traced memory {peak / 2**20:.1f} MiB = {peak / prob.nbytes:.2f} x one float32 volume"
     )
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, case):
+    """Four copies of the case as NIfTI files (uint8, gzip), VALDO-style names."""
+    from cmbbench.io import save_nifti
+
+    root = tmp_path_factory.mktemp("folders")
+    pred, gt, _ = case
+    aff = np.diag([-0.5, 0.5, 0.5, 1.0])
+    for i in range(4):
+        save_nifti(root / "gt" / f"sub-{i:03d}_space-T2S_CMB.nii.gz", gt, aff)
+        save_nifti(root / "pred" / f"sub-{i:03d}.nii.gz", pred, aff)
+    return root
+
+
+def test_e_read_folder_only(benchmark, folders):
+    from cmbbench.io import load_nifti
+
+    files = sorted((folders / "gt").iterdir()) + sorted((folders / "pred").iterdir())
+
+    def read_all():
+        return [load_nifti(f)[0].shape for f in files]
+
+    benchmark.pedantic(read_all, rounds=3, iterations=1)
+
+
+def test_f_score_folder(benchmark, folders):
+    from cmbbench.scoring.folder import score_folder
+
+    rep = benchmark.pedantic(
+        score_folder,
+        args=(folders / "pred", folders / "gt"),
+        kwargs={"n_bootstrap": 200},
+        rounds=3,
+        iterations=1,
+    )
+    assert [c.tp for c in rep.cases] == [15] * 4

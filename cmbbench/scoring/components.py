@@ -91,10 +91,28 @@ def neighbour_offsets(connectivity: Connectivity) -> list[tuple[int, int, int]]:
     return out
 
 
+def _flatnonzero_c_order(m: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Sorted C-order flat indices of the non-zero bytes of a bool array of any layout.
+
+    A Fortran-ordered array (as nibabel returns) is scanned through its C-contiguous
+    transpose, and only the foreground indices are converted: a transposing copy of the
+    whole volume costs far more than the scan.
+    """
+    if m.flags.c_contiguous:
+        return np.flatnonzero(m).astype(np.int64, copy=False)
+    if m.flags.f_contiguous:
+        t = m.T
+        idx = np.unravel_index(np.flatnonzero(t), t.shape)[::-1]
+        out = np.ravel_multi_index(idx, m.shape).astype(np.int64, copy=False)
+        out.sort()
+        return out
+    return np.flatnonzero(np.ascontiguousarray(m)).astype(np.int64, copy=False)
+
+
 def foreground_indices(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
     """Sorted C-order flat indices of the ``True`` voxels of a bool array."""
-    m = np.ascontiguousarray(mask, dtype=bool)
-    return np.flatnonzero(m).astype(np.int64, copy=False)
+    m = np.asarray(mask)
+    return _flatnonzero_c_order(m if m.dtype == bool else m.astype(bool))
 
 
 def nonzero_indices(array: NDArray) -> NDArray[np.int64]:
@@ -108,8 +126,7 @@ def nonzero_indices(array: NDArray) -> NDArray[np.int64]:
     if a.dtype == bool:
         return foreground_indices(a)
     if a.dtype.kind in "iu" and a.dtype.itemsize == 1:
-        c = np.ascontiguousarray(a)
-        return np.flatnonzero(c.view(np.bool_)).astype(np.int64, copy=False)
+        return _flatnonzero_c_order(a.view(np.bool_))
     return foreground_indices(a != 0)
 
 

@@ -224,3 +224,34 @@ def test_render_synthetic_like_case_with_mimics(tmp_path) -> None:
     np.testing.assert_allclose(marks[0][0], [9, 9, 3])
     out = render_case(case, tmp_path / "syn.png", crop_mm=16)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_synthetic_end_to_end(tmp_path, monkeypatch) -> None:
+    # the real generator (one tiny subject): info and show through the CLI, and the exported
+    # VALDO-style tree loads with the valdo loader with the same CMB count
+    monkeypatch.setenv("CMBBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    opts = ["--preset", "tiny", "-o", "n=1", "-o", "workers=1"]
+    r = _invoke("info", "synthetic", *opts)
+    assert r.exit_code == 0, r.output
+    n_cmb = int(_cell(r.output, "CMBs total"))
+    r = _invoke("show", "synthetic", "sub-0001", *opts, "--out", str(tmp_path / "s.png"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").stat().st_size > 5000
+    r = _invoke(
+        "generate",
+        "synthetic",
+        "--out",
+        str(tmp_path / "tree"),
+        "--preset",
+        "tiny",
+        "--n",
+        "1",
+        "--workers",
+        "1",
+    )
+    assert r.exit_code == 0, r.output
+    r = _invoke("info", "valdo", "--root", str(tmp_path / "tree"))
+    assert r.exit_code == 0, r.output
+    assert int(_cell(r.output, "CMBs total")) == n_cmb

@@ -91,10 +91,25 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+def _accepts_progress(name: str) -> bool:
+    """Whether the dataset's factory takes a ``progress`` callback (e.g. synthetic generation)."""
+    import inspect
+
+    from cmbbench.datasets import registry
+
+    registry.dataset_info(name)  # unknown names raise, listing the known ones
+    return "progress" in inspect.signature(registry._REGISTRY[name][1]).parameters
+
+
 def _load(name: str, root: Path | None, split: str | None, options: dict[str, Any]):
+    """``load_dataset`` with a progress bar for datasets that generate or cache on load."""
     from cmbbench.datasets.registry import load_dataset
 
-    return load_dataset(name, root=str(root) if root is not None else None, split=split, **options)
+    root_s = str(root) if root is not None else None
+    if "progress" not in options and _accepts_progress(name):
+        with _progress(f"preparing {name}") as progress:
+            return load_dataset(name, root=root_s, split=split, progress=progress, **options)
+    return load_dataset(name, root=root_s, split=split, **options)
 
 
 @data_app.command("list")

@@ -207,7 +207,7 @@ def render_case(
         titles = [
             f"CMB {i + 1} ({n} vox)" if n else f"CMB {i + 1}" for i, (_, n) in enumerate(shown)
         ]
-        per_row = 2
+        per_row = min(2, len(panels))
     else:
         ks = [round(f * (shape[view.ax_s] - 1)) for f in (0.25, 0.5, 0.75)]
         panels = []
@@ -258,7 +258,7 @@ def render_case(
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(
-                title + (": T2*" if ncell == 2 and j == 0 else (": GT" if ncell == 2 else "")),
+                title + (": image" if ncell == 2 and j == 0 else (": GT" if ncell == 2 else "")),
                 fontsize=8,
             )
             overlay = j == ncell - 1

@@ -255,3 +255,20 @@ def test_synthetic_end_to_end(tmp_path, monkeypatch) -> None:
     r = _invoke("info", "valdo", "--root", str(tmp_path / "tree"))
     assert r.exit_code == 0, r.output
     assert int(_cell(r.output, "CMBs total")) == n_cmb
+
+
+def test_info_on_points(tmp_path) -> None:
+    from fixture_trees import las_affine, write_nifti
+
+    for cid in ("a", "b"):
+        write_nifti(
+            tmp_path / "images" / f"{cid}.nii.gz",
+            np.ones((8, 8, 4), np.float32),
+            las_affine((1, 1, 3)),
+        )
+    (tmp_path / "points.csv").write_text("case_id,x,y,z,space\na,1,1,1,voxel\na,5,5,2,voxel\n")
+    r = _invoke("info", "points", "--root", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert _cell(r.output, "CMBs total") == "2" and _cell(r.output, "negatives (no CMB)") == "1"
+    assert _cell(r.output, "CMB size (voxels)") == "n/a"  # points carry no size
+    assert _cell(r.output, "default rule") == "point (max_distance_mm=5.0)"

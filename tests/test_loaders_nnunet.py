@@ -122,3 +122,23 @@ def test_export_name_checks(tmp_path) -> None:
         export_nnunet([], tmp_path, dataset_id=1000, name="x")
     with pytest.raises(InputError, match="letters"):
         export_nnunet([], tmp_path, dataset_id=1, name="a b")
+
+
+def test_export_extra_channels_round_trip(tmp_path) -> None:
+    from fixture_trees import write_valdo_tree
+
+    write_valdo_tree(tmp_path / "v", {"sub-101": 1, "sub-301": 2})
+    src = load_dataset("valdo", root=str(tmp_path / "v"), channels=("T2S", "T1"))
+    out = export_nnunet(src, tmp_path / "raw", dataset_id=3, name="V", extra_channels=("T1",))
+    spec = json.loads((out / "dataset.json").read_text())
+    assert spec["channel_names"] == {"0": "T2S", "1": "T1"}
+    back = load_dataset("nnunet", root=str(out))
+    for a, b in zip(src, back, strict=True):
+        # the NaNs of VALDO's T1 were replaced by 0 on load, so they are exported as 0
+        np.testing.assert_array_equal(a.load().extra["T1"], b.load().extra["T1"])
+        assert a.case_id == b.case_id and count_cmbs(b.label, "mask") == count_cmbs(a.label, "mask")
+    with pytest.raises(InputError, match="extra channel 'T2' not available"):
+        export_nnunet(src, tmp_path / "raw2", dataset_id=4, name="V", extra_channels=("T2",))
+    (out / "imagesTr" / "sub-101_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"sub-101_0001\.nii\.gz: missing channel file"):
+        load_dataset("nnunet", root=str(out))

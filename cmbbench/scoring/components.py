@@ -150,31 +150,20 @@ def _first_occurrence_order(raw: NDArray[np.int64]) -> tuple[int, NDArray[np.int
 def _label_sparse(
     flat: NDArray[np.int64], shape: tuple[int, int, int], connectivity: Connectivity
 ) -> NDArray[np.int64]:
+    """Raw component labels of the foreground voxels ``flat`` (any numbering)."""
     n = flat.size
-    sy, sz = shape[1], shape[2]
+    offs = np.asarray(neighbour_offsets(connectivity), dtype=np.int64)  # (M, 3), di >= 0
+    delta = offs @ np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
     i, j, k = np.unravel_index(flat, shape)
-    rows, cols = [], []
-    for di, dj, dk in neighbour_offsets(connectivity):
-        ok = np.ones(n, dtype=bool)
-        if di:
-            ok &= i < shape[0] - 1
-        if dj == 1:
-            ok &= j < shape[1] - 1
-        elif dj == -1:
-            ok &= j > 0
-        if dk == 1:
-            ok &= k < shape[2] - 1
-        elif dk == -1:
-            ok &= k > 0
-        src = np.flatnonzero(ok)
-        target = flat[src] + (di * sy * sz + dj * sz + dk)
-        pos = np.searchsorted(flat, target)
-        pos_c = np.minimum(pos, n - 1)
-        hit = flat[pos_c] == target
-        rows.append(src[hit])
-        cols.append(pos_c[hit])
-    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    nj = j[:, None] + offs[:, 1]
+    nk = k[:, None] + offs[:, 2]
+    ok = (i[:, None] + offs[:, 0] < shape[0]) & (nj >= 0) & (nj < shape[1])
+    ok &= (nk >= 0) & (nk < shape[2])
+    src, which = np.nonzero(ok)
+    target = flat[src] + delta[which]
+    pos = np.minimum(np.searchsorted(flat, target), n - 1)
+    hit = flat[pos] == target
+    r, c = src[hit], pos[hit]
     graph = coo_matrix((np.ones(r.size, dtype=np.int8), (r, c)), shape=(n, n)).tocsr()
     _, raw = connected_components(graph, directed=False)
     return raw.astype(np.int64, copy=False)

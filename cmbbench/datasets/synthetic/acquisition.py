@@ -135,3 +135,41 @@ def rician_noise(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> 
     s = np.float32(sigma)
     re = signal + s * n1
     return np.sqrt(re * re + (s * n2) ** 2).astype(np.float32, copy=False)
+
+
+def acquire_region(
+    volume: np.ndarray,
+    sim_affine: np.ndarray,
+    pose: np.ndarray,
+    grid: Grid,
+    region: np.ndarray,
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Like :func:`acquire` but only over the target voxels covering the simulation voxels
+    where ``region`` (bool, ``volume``'s shape) is set (+ 2 voxels). Returns ``(slices,
+    sub-array)`` of the target grid, or ``None`` when ``region`` is empty or off the grid."""
+    idx = np.argwhere(region)
+    if len(idx) == 0:
+        return None
+    lo, hi = idx.min(0) - 2.0, idx.max(0) + 2.0
+    corners = np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
+    m = np.linalg.inv(sim_affine) @ pose @ grid.affine
+    minv = np.linalg.inv(m)
+    t = corners @ minv[:3, :3].T + minv[:3, 3]
+    tlo = np.maximum(np.floor(t.min(0)).astype(int), 0)
+    thi = np.minimum(np.ceil(t.max(0)).astype(int) + 1, grid.shape)
+    if np.any(thi <= tlo):
+        return None
+    shift = np.eye(4)
+    shift[:3, 3] = tlo
+    ms = m @ shift
+    sub = ndi.affine_transform(
+        np.asarray(volume, dtype=np.float32),
+        ms[:3, :3],
+        offset=ms[:3, 3],
+        output_shape=tuple(int(v) for v in thi - tlo),
+        order=1,
+        mode="nearest",
+        prefilter=False,
+    )
+    slices = tuple(slice(int(a), int(b)) for a, b in zip(tlo, thi, strict=True))
+    return slices, sub.astype(np.float32, copy=False)  # type: ignore[return-value]

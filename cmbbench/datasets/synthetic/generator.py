@@ -21,6 +21,7 @@ import numpy as np
 from cmbbench.datasets.synthetic.acquisition import (
     Grid,
     acquire,
+    acquire_region,
     bias_field,
     random_pose,
     rician_noise,
@@ -190,11 +191,12 @@ def generate_subject(spec: SubjectSpec) -> Subject:
 
     image = acquire(sim, sim_aff, pose, grid)
     brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid) >= 0.5
-    vein_loss = 1.0 - acquire(vein_att, sim_aff, pose, grid)
-    air_loss = 1.0 - acquire(air, sim_aff, pose, grid)
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
-    mimic_map[(air_loss >= 0.3) & brain] = MIMIC_CODES["air_bone"]
-    mimic_map[(vein_loss >= 0.2) & brain] = MIMIC_CODES["vein"]
+    for code, att_map, min_loss in (("air_bone", air, 0.3), ("vein", vein_att, 0.2)):
+        out = acquire_region(att_map, sim_aff, pose, grid, att_map < 1.0 - min_loss / 2.0)
+        if out is not None:
+            s, sub = out
+            mimic_map[s][((1.0 - sub) >= min_loss) & brain[s]] = MIMIC_CODES[code]
 
     # ---- dipoles on the target grid -----------------------------------------------------------
     mimic_records: list[dict] = []
@@ -284,8 +286,9 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
     image *= bias_field(nrng, grid.shape, rms)
     image *= np.float32(scale)
-    image = rician_noise(nrng, image, protocol.scale / snr)
-    image *= brain
+    # masked acquisition: noise only where the brain is (the rest is 0)
+    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
+    image[~brain] = 0.0
     label[~brain] = 0
 
     order = [

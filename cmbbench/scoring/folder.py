@@ -105,7 +105,8 @@ def _score_one(job: tuple[str, str | None, str, dict[str, Any]]) -> CaseResult:
     case_id, pred_path, gt_path, kwargs = job
     gt, gt_aff, _ = load_nifti(gt_path, case=case_id)
     if pred_path is None:  # missing="empty"
-        pred: np.ndarray = np.zeros(gt.shape, dtype=bool)
+        dtype = np.float32 if kwargs.get("pred_kind") == "probability" else bool
+        pred: np.ndarray = np.zeros(gt.shape, dtype=dtype)
     else:
         pred, pred_aff, _ = load_nifti(pred_path, case=case_id)
         if pred.shape != gt.shape:

@@ -277,3 +277,15 @@ def test_nifti_on_disk_is_fortran_ordered(tmp_path):
     a = score_case(pred, arr, affine=LAS)
     b = score_case(pred, np.ascontiguousarray(arr), affine=LAS)
     assert a == b
+
+
+def test_affine_tolerance():
+    from cmbbench.errors import InputError
+    from cmbbench.scoring.case import check_affines
+
+    # float32 rounding of a stored affine (~1e-6 mm) is accepted; 0.01 mm is not
+    check_affines(LAS.astype(np.float32).astype(np.float64) + 1e-6, LAS, "c")
+    shifted = LAS.copy()
+    shifted[2, 3] += 0.01
+    with pytest.raises(InputError, match=r"case 'c'.*affines differ"):
+        check_affines(shifted, LAS, "c")

@@ -36,16 +36,23 @@ def random_pose(rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def box_corners(box_mni: tuple[float, ...]) -> np.ndarray:
+    """The 8 corners (8, 3) of a box (xmin, xmax, ymin, ymax, zmin, zmax) in mm."""
+    lo, hi = np.asarray(box_mni[0::2]), np.asarray(box_mni[1::2])
+    return np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
+
+
 def target_grid(
-    pose: np.ndarray, box_mni: tuple[float, ...], voxel_mm: tuple[float, float, float]
+    pose: np.ndarray,
+    points_mni: np.ndarray,
+    voxel_mm: tuple[float, float, float],
+    margin_mm: float = 0.0,
 ) -> Grid:
-    """Axis-aligned scanner grid of ``voxel_mm`` covering the template box ``box_mni``
-    (xmin, xmax, ymin, ymax, zmin, zmax) after the pose."""
-    lo_t, hi_t = np.asarray(box_mni[0::2]), np.asarray(box_mni[1::2])
-    corners = np.array(np.meshgrid(*zip(lo_t, hi_t, strict=True), indexing="ij")).reshape(3, -1).T
+    """Axis-aligned scanner grid of ``voxel_mm`` covering the template points ``points_mni``
+    (N, 3) after the pose, plus ``margin_mm`` on every side."""
     inv = np.linalg.inv(pose)
-    world = corners @ inv[:3, :3].T + inv[:3, 3]
-    lo, hi = world.min(0), world.max(0)
+    world = np.asarray(points_mni, dtype=np.float64) @ inv[:3, :3].T + inv[:3, 3]
+    lo, hi = world.min(0) - margin_mm, world.max(0) + margin_mm
     vox = np.asarray(voxel_mm, dtype=np.float64)
     shape = tuple(int(v) for v in np.maximum(np.ceil((hi - lo) / vox).astype(int), 1))
     affine = np.diag([*vox, 1.0])

@@ -14,15 +14,18 @@ with ``ignore=True``, absent from the label, its ≥ 10 % loss voxels set in the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from cmbbench.datasets.synthetic.acquisition import (
     Grid,
     acquire,
     acquire_region,
     bias_field,
+    box_corners,
     random_pose,
     rician_noise,
     target_grid,
@@ -115,12 +118,12 @@ def subject_count(seed: int, subject_id: str, preset: str, version: str = GENERA
     return sample_count(component_rng(version, seed, subject_id, "count"), cap)
 
 
-def _brain_box() -> tuple[float, ...]:
+@functools.lru_cache(maxsize=1)
+def _brain_surface() -> np.ndarray:
+    """MNI mm (N, 3) of the brain mask's surface voxels (for tight fields of view)."""
     anat = load_anatomy()
-    idx = np.argwhere(anat.brain)
-    lo = anat.affine[:3, :3] @ idx.min(0) + anat.affine[:3, 3]
-    hi = anat.affine[:3, :3] @ idx.max(0) + anat.affine[:3, 3]
-    return (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+    surface = anat.brain & ~ndi.binary_erosion(anat.brain)
+    return np.argwhere(surface) @ anat.affine[:3, :3].T + anat.affine[:3, 3]
 
 
 def _grow(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
@@ -156,10 +159,10 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
     b0, te = protocol.field_strength_t, protocol.te_ms
 
-    box = preset.box_mm if preset.box_mm is not None else _brain_box()
     place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
     pose = random_pose(rng("pose"))
-    grid = target_grid(pose, _grow(box, preset.margin_mm), protocol.voxel_mm)
+    fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
+    grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
     to_world = np.linalg.inv(pose)
 
     # ---- plan -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ PRESETS: dict[str, Preset] = {
         "quick",
         48,
         {"t2s2d_3t_1x1x3": 1.0},
+        margin_mm=1.0,
         description="48 subjects, one cheap 2D T2* protocol (1×1×3 mm), cropped to the brain",
     ),
     "tiny": Preset(

@@ -86,3 +86,39 @@ def engine_badshape():
     from torch import nn
 
     return nn.Conv3d(1, 2, 3, stride=2, padding=1)
+
+
+class DarkSpotDetector:
+    """A non-learned detector: voxels darker than a fraction of the image median.
+
+    ``fit`` picks the fraction on the validation cases (the darkest setting that still has a
+    prediction in every case with CMBs is not needed here: a fixed grid, best total TP − FP).
+    """
+
+    def __init__(self):
+        self.fraction = 0.5
+
+    def fit(self, train, val, config):
+        best = None
+        for f in (0.3, 0.5, 0.7):
+            score = 0
+            for case in val:
+                pred = case.image < f * np.median(case.image)
+                score += int((pred & (case.label > 0)).sum()) - int(
+                    (pred & (case.label == 0)).sum()
+                )
+            if best is None or score > best[0]:
+                best = (score, f)
+        self.fraction = best[1]
+
+    def predict(self, case):
+        from cmbbench.models.detector import Prediction
+
+        return Prediction(
+            mask=(case.image < self.fraction * np.median(case.image)).astype(np.uint8)
+        )
+
+
+@register_model("engine_dark", description="dark-voxel detector (engine tests)", kind="detector")
+def engine_dark():
+    return DarkSpotDetector()

@@ -30,6 +30,7 @@ def tiny_run(plugin, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     torch.set_num_threads(1)
+    events = []
     record = run(
         "engine_tiny",
         "engine-cubes",
@@ -38,13 +39,14 @@ def tiny_run(plugin, tmp_path_factory):
         out=out,
         overrides=TINY,
         n_bootstrap=50,
+        progress=events.append,
     )
-    return out, record
+    return out, record, events
 
 
 @pytest.mark.slow
 def test_run_writes_a_complete_record(tiny_run):
-    out, record = tiny_run
+    out, record, events = tiny_run
     assert (out / "record.json").is_file()
     back = load_run_record(out)
     assert back.to_dict() == record.to_dict()
@@ -89,6 +91,28 @@ def test_run_writes_a_complete_record(tiny_run):
     from cmbbench.scoring.records import load_results
 
     assert len(load_results(out / "record.json").cases) == 3
+    # every long phase reported progress, training with its ETA and loss
+    assert {e.phase for e in events} >= {"data", "train", "tune", "infer"}
+    train_events = [e for e in events if e.phase == "train"]
+    assert train_events[-1].completed == train_events[-1].total == 30
+    assert train_events[-1].eta_s == 0 and "loss" in train_events[-1].metrics
+
+
+def test_detector_runs_through_the_same_pipeline(plugin, tmp_path):
+    from cmbbench.engine.run import run
+
+    record = run(
+        "engine_dark",
+        "engine-cubes",
+        preset="tiny",
+        device="cpu",
+        out=tmp_path / "d",
+        n_bootstrap=20,
+    )
+    assert record.model["kind"] == "detector" and record.postprocess["applied"] is False
+    # the dark cubes (intensity 20 vs ~100) are exactly what the detector finds
+    assert sum(c.tp for c in record.cases) == 4 and sum(c.fp for c in record.cases) == 0
+    assert record.artifacts == {}
 
 
 @pytest.mark.slow
@@ -96,7 +120,7 @@ def test_predict_keeps_affine_and_shape(tiny_run, tmp_path):
     from cmbbench.engine.predict import predict_folder
     from cmbbench.io import load_nifti, save_nifti
 
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     images = tmp_path / "images"
     rng = np.random.default_rng(0)
     affines = {}
@@ -134,7 +158,7 @@ def test_resume_refuses_corrupted_checkpoint(tiny_run, tmp_path):
     from cmbbench.engine.checkpoint import CheckpointError
     from cmbbench.engine.run import run
 
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     last = copy / "checkpoints" / "last.pt"

@@ -49,8 +49,10 @@ def predict_probability(
     name: str | None = None,
 ) -> np.ndarray:
     """CMB probability float32 (X, Y, Z) of a *normalised* image, by sliding-window inference
-    with the recipe's window, overlap and batch (mixed precision on CUDA when ``recipe.amp``)."""
+    with the recipe's window, overlap and batch; mixed precision as in training
+    (:func:`cmbbench.engine.trainer.autocast_dtype`)."""
     from cmbbench.engine.inference import sliding_window_predict
+    from cmbbench.engine.trainer import autocast_dtype
 
     return sliding_window_predict(
         model,
@@ -59,7 +61,7 @@ def predict_probability(
         overlap=recipe.infer_overlap,
         batch_size=recipe.infer_batch_size,
         device=device,
-        amp=bool(recipe.amp and device.type == "cuda"),
+        amp=autocast_dtype(recipe, device) is not None,
         divisor=divisor,
         name=name,
     )
@@ -117,15 +119,26 @@ def tune_postprocess_on(
     :func:`cmbbench.engine.postprocess.best_grid_point`. Each cleaned map is scored with
     the dataset's rule and the case's own label kind.
     """
-    from cmbbench.engine.postprocess import GridPoint, best_grid_point, clean_probability
+    import cc3d
+
+    from cmbbench.engine.postprocess import GridPoint, best_grid_point
 
     counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
     for prob, case in zip(probs, cases, strict=True):
-        for t, m in counts:
-            cleaned = clean_probability(prob, t, m, connectivity)  # type: ignore[arg-type]
-            res = score_probability(cleaned, case, rule=rule, rule_params=rule_params, threshold=t)
-            c = counts[(t, m)]
-            c[0], c[1], c[2] = c[0] + res.tp, c[1] + res.fp, c[2] + res.fn
+        for t in sorted({t for t, _ in counts}):
+            labels = cc3d.connected_components(
+                np.ascontiguousarray(prob >= t), connectivity=connectivity
+            )
+            sizes = np.bincount(labels.ravel())
+            for m in sorted({m for _, m in counts}):
+                keep = sizes >= max(m, 1)
+                keep[0] = False
+                cleaned = np.where(keep[labels], prob, np.float32(0))
+                res = score_probability(
+                    cleaned, case, rule=rule, rule_params=rule_params, threshold=t
+                )
+                c = counts[(t, m)]
+                c[0], c[1], c[2] = c[0] + res.tp, c[1] + res.fp, c[2] + res.fn
     grid = [GridPoint(t, m, *c) for (t, m), c in counts.items()]
     return best_grid_point(grid), grid
 
@@ -152,32 +165,50 @@ def lesion_f1(tp: float, fp: float, fn: float) -> float:
     return 2 * tp / denom if denom else math.nan
 
 
-def make_validator(
-    val: ValidationSet,
-    recipe: Recipe,
-    *,
-    device: torch.device,
-    divisor: int,
-    rule: str,
-    rule_params: dict[str, Any],
-    ctx: DistContext,
-    name: str | None = None,
-) -> Callable[[nn.Module], dict[str, float]]:
-    """``validate(model) -> {"f1", "recall", "precision", "tp", "fp", "fn", "seconds"}``: lesion
-    counts pooled over the validation split at ``recipe.val_threshold`` (summed over ranks)."""
+class Validator:
+    """``validator(model) -> {"f1", "recall", "precision", "tp", "fp", "fn", "seconds"}``:
+    lesion counts pooled over the validation split at ``recipe.val_threshold`` (summed over
+    ranks). The probability maps of the latest call (this rank's shard) are kept in
+    :attr:`last_probs`, so the post-processing search can reuse them when the best checkpoint
+    is the one validated last."""
 
-    def validate(model: nn.Module) -> dict[str, float]:
+    def __init__(
+        self,
+        val: ValidationSet,
+        recipe: Recipe,
+        *,
+        device: torch.device,
+        divisor: int,
+        rule: str,
+        rule_params: dict[str, Any],
+        ctx: DistContext,
+        name: str | None = None,
+    ):
+        self.val, self.recipe, self.device, self.divisor = val, recipe, device, divisor
+        self.rule, self.rule_params, self.ctx, self.name = rule, rule_params, ctx, name
+        self.calls = 0
+        self.last_probs: dict[str, np.ndarray] | None = None
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
         t0 = time.perf_counter()
         tp = fp = fn = 0.0
-        for case, image in zip(val.cases, val.images, strict=True):
+        probs: dict[str, np.ndarray] = {}
+        for case, image in zip(self.val.cases, self.val.images, strict=True):
             prob = predict_probability(
-                model, image, recipe, device=device, divisor=divisor, name=name
+                model, image, self.recipe, device=self.device, divisor=self.divisor, name=self.name
             )
+            probs[case.case_id] = prob
             res = score_probability(
-                prob, case, rule=rule, rule_params=rule_params, threshold=recipe.val_threshold
+                prob,
+                case,
+                rule=self.rule,
+                rule_params=self.rule_params,
+                threshold=self.recipe.val_threshold,
             )
             tp, fp, fn = tp + res.tp, fp + res.fp, fn + res.fn
-        tp, fp, fn = all_reduce_sum([tp, fp, fn], ctx)
+        self.last_probs = probs
+        self.calls += 1
+        tp, fp, fn = all_reduce_sum([tp, fp, fn], self.ctx)
         return {
             "f1": lesion_f1(tp, fp, fn),
             "recall": tp / (tp + fn) if tp + fn else math.nan,
@@ -188,7 +219,8 @@ def make_validator(
             "seconds": time.perf_counter() - t0,
         }
 
-    return validate
+
+make_validator = Validator
 
 
 def gather_by_case(items: dict[str, Any], order: Sequence[str], ctx: DistContext) -> list[Any]:

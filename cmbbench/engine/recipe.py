@@ -84,7 +84,9 @@ class Recipe:
     pp_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     pp_min_sizes: tuple[int, ...] = (1, 2, 3, 5)
     # --- runtime
-    amp: bool = True  # mixed precision; used on CUDA only
+    amp: bool = True  # float16 mixed precision on CUDA
+    # bfloat16 autocast on CPU: "auto" = only where the CPU has native bf16 (avx512_bf16/AMX)
+    amp_cpu: Literal["auto", "on", "off"] = "off"
     num_workers: int = 2  # data-loading worker processes (0 = in the main process)
     seed: int = 0
 
@@ -120,28 +122,31 @@ _FULL = Recipe(
     num_workers=4,
 )
 
-# CPU recipe for two cores: same network and loss, smaller patches and fewer steps, a larger
-# learning rate (few steps), no rotation (its interpolation costs CPU time, and the quick
-# dataset's thick slices make in-plane rotation of little use at this budget), and a cheap
-# low-overlap inference window.
+# CPU recipe for two cores: same network and loss, smaller and fewer patches, a larger
+# learning rate with a cosine decay (few steps), no rotation (its interpolation costs CPU
+# time, and in-plane rotation matters little at 1×1×3 mm with this budget), bfloat16 autocast
+# where the CPU computes bf16 natively (several times faster 3-D convolutions), one
+# validation at the end (its probability maps are reused for the post-processing search)
+# and whole-volume inference (no overlap: every voxel is computed once).
 _QUICK = dataclasses.replace(
     _FULL,
-    patch_size=(32, 32, 16),
+    patch_size=(48, 48, 16),
     batch_size=4,
     patches_per_volume=8,
-    cmb_fraction=0.7,
+    cmb_fraction=0.6,
     steps=600,
     optimizer="adam",
     lr=1e-3,
     lr_schedule="cosine",
     warmup_steps=20,
-    val_every=200,
+    val_every=600,
     checkpoint_every=100,
     aug_rotate_deg=0.0,
-    infer_patch_size=(96, 96, 32),
-    infer_overlap=0.25,
-    infer_batch_size=2,
+    infer_patch_size=(192, 224, 64),
+    infer_overlap=0.0,
+    infer_batch_size=1,
     amp=False,
+    amp_cpu="auto",
     num_workers=1,
     pp_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
 )
@@ -163,6 +168,7 @@ _TINY = dataclasses.replace(
     infer_overlap=0.25,
     infer_batch_size=2,
     num_workers=0,
+    amp_cpu="off",
     pp_thresholds=(0.3, 0.5, 0.7),
     pp_min_sizes=(1, 2),
 )

@@ -226,14 +226,30 @@ def run(
     if dataset == "synthetic":
         options.setdefault("preset", SYNTHETIC_PRESET[preset])
     t0 = time.perf_counter()
-    data_tracker = PhaseTracker(progress, "data", 3, f"loading {dataset}")
-    splits = []
     from cmbbench.datasets.registry import load_dataset
+    from cmbbench.engine.distributed import barrier
 
+    root_s = None if root is None else str(root)
+    load_options = dict(options)
+    if dataset == "synthetic":
+        # generate (or find in the cache) every subject once, in parallel, with a progress bar
+        load_options.setdefault("progress", False)
+        if ctx.is_main:
+            gen: dict[str, PhaseTracker] = {}
+
+            def generated(done: int, total: int) -> None:
+                if "t" not in gen:
+                    gen["t"] = PhaseTracker(progress, "data", total, "generating synthetic data")
+                gen["t"].emit(done)
+
+            load_dataset(
+                dataset, root=root_s, split=None, **{**load_options, "progress": generated}
+            )
+        barrier(ctx)
+    data_tracker = PhaseTracker(progress, "data", 3, f"loading {dataset} splits")
+    splits = []
     for i, split in enumerate(("train", "val", "test")):
-        splits.append(
-            load_dataset(dataset, root=None if root is None else str(root), split=split, **options)
-        )
+        splits.append(load_dataset(dataset, root=root_s, split=split, **load_options))
         data_tracker.emit(i + 1)
     train_ds, val_ds, test_ds = splits
     for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
@@ -436,12 +452,23 @@ def _run_network(
     # post-processing tuned on the validation split only
     t0 = time.perf_counter()
     tune_tracker = PhaseTracker(progress, "tune", len(val_set.cases), "validation predictions")
-    val_probs: dict[str, np.ndarray] = {}
-    for i, (case, image) in enumerate(zip(val_set.cases, val_set.images, strict=True)):
-        val_probs[case.case_id] = predict_probability(
-            net, image, recipe, device=device, divisor=divisor, name=name
-        )
-        tune_tracker.emit(i + 1)
+    reuse = (
+        validator.calls > 0
+        and validator.last_probs is not None
+        and bool(result.validations)
+        and result.validations[-1]["step"] == result.best_step
+    )
+    if reuse:  # the best weights are the ones validated last: their maps are at hand
+        val_probs = dict(validator.last_probs or {})
+        tune_tracker.emit(len(val_set.cases))
+    else:
+        val_probs = {}
+        for i, (case, image) in enumerate(zip(val_set.cases, val_set.images, strict=True)):
+            val_probs[case.case_id] = predict_probability(
+                net, image, recipe, device=device, divisor=divisor, name=name
+            )
+            tune_tracker.emit(i + 1)
+    validator.last_probs = None
     probs = gather_by_case(val_probs, [c.case_id for c in val_ds], ctx)
     del val_probs
     best, grid = tune_postprocess_on(
@@ -486,6 +513,7 @@ def _run_network(
         },
         "training": {
             "steps": result.steps,
+            "amp_dtype": result.amp_dtype,
             "resumed_from_step": result.start_step if result.start_step else None,
             "best_step": result.best_step,
             "best_val_f1": result.best_metric,

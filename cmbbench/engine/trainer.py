@@ -67,6 +67,7 @@ class TrainResult:
     seconds_per_step: float | None = None
     peak_memory_bytes: int | None = None  # CUDA: max allocated; CPU: peak RSS of the process
     device: str = "cpu"
+    amp_dtype: str | None = None  # "float16" / "bfloat16" when mixed precision was used
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
@@ -79,6 +80,32 @@ def lr_at(recipe: Recipe, step: int) -> float:
         t = min(1.0, (step - recipe.warmup_steps) / span)
         return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
     return base
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (Linux flags ``avx512_bf16`` or ``amx_bf16``),
+    where bf16 autocast makes 3-D convolutions several times faster than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: float16 on CUDA when ``recipe.amp``; bfloat16
+    on CPU when ``recipe.amp_cpu`` is ``"on"``, or ``"auto"`` on a CPU with native bf16;
+    ``None`` for plain float32."""
+    if device.type == "cuda":
+        return torch.float16 if recipe.amp else None
+    if device.type == "cpu":
+        if recipe.amp_cpu == "on" or (recipe.amp_cpu == "auto" and cpu_has_native_bf16()):
+            return torch.bfloat16
+    return None
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -141,8 +168,10 @@ def train(
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
     model.to(device)
     optimizer = make_optimizer(model, recipe)
-    use_amp = bool(recipe.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(recipe, device)
+    use_amp = amp_dtype is not None
+    # loss scaling is needed for float16 only (bfloat16 has float32's range)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = CmbLoss.from_recipe(recipe)
     start = 0
     best_metric: float | None = None
@@ -158,7 +187,7 @@ def train(
             raise CmbbenchError(
                 f"checkpoint {last_path} does not fit this model/recipe ({err})"
             ) from None
-        if "scaler" in state and use_amp:
+        if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         best_metric = state.get("best_metric")
@@ -213,7 +242,9 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(recipe, step)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(
+            device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp
+        ):
             logits = train_model(image)
         if logits.shape[0] != image.shape[0] or logits.shape[2:] != image.shape[2:]:
             raise CmbbenchError(
@@ -295,6 +326,7 @@ def train(
         seconds_per_step=train_s / steps_run if steps_run else None,
         peak_memory_bytes=peak_memory_bytes(device),
         device=str(device),
+        amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
     )
 
 

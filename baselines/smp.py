@@ -3,8 +3,9 @@
 No pretrained weights exist offline, so ``encoder_weights=None`` always. With their default
 five stride-2 stages these networks need spatial sizes divisible by 32: each registration
 declares ``divisor=32`` (checked up front by the engine, see
-:func:`cmbbench.models.detector.check_input_size`) and a 64³ training patch. The batch of 2
-keeps the voxels per step (2 × 64³ ≈ 524 k) equal to the seed recipe's 8 × 40³ (512 k).
+:func:`cmbbench.models.detector.check_input_size`) and a 32³ training patch — the legal size
+closest to the seed's 40³ (64 slices would exceed the whole head on 3 mm-slice scans), so
+the preset's batch size and step budget apply unchanged. At 32³ the deepest stage is 1 voxel.
 The library is imported only when a model is created.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from cmbbench import register_model
 
-SMP_RECIPE: dict[str, Any] = {"patch_size": (64, 64, 64), "batch_size": 2, "divisor": 32}
+SMP_RECIPE: dict[str, Any] = {"patch_size": (32, 32, 32), "divisor": 32}
 _KW = {"kind": "network", "divisor": 32, "recipe": SMP_RECIPE}
 
 

@@ -256,23 +256,67 @@ def test_cli_leaderboard(records: Path, tmp_path: Path) -> None:
 
 
 COMMITTED = REPO / "leaderboards"
+_PLOT_LINE = re.compile(r"Plots drawn with matplotlib ([0-9A-Za-z.+-]*[0-9A-Za-z+-])\.")
+_DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+
+
+def _normalised(text: str) -> str:
+    """A page without what depends on the matplotlib version (the version, embedded PNGs)."""
+    return _DATA_URI.sub(
+        "data:image/png;base64,...", _PLOT_LINE.sub("Plots drawn with matplotlib", text)
+    )
+
+
+def assert_regenerates(root: Path, out: Path, n_bootstrap: int = 1000) -> None:
+    """Rebuild ``root``'s tables from ``root/records`` into ``out`` and compare with ``root``:
+    byte for byte when the matplotlib version matches the one named in the committed
+    Markdown; otherwise everything but the PNG bytes (which depend on that version)."""
+    import matplotlib
+
+    files = build_leaderboard([root / "records"], out, n_bootstrap=n_bootstrap)
+    m = _PLOT_LINE.search((root / "leaderboard.md").read_text(encoding="utf-8"))
+    same_renderer = m is not None and m.group(1) == matplotlib.__version__
+    for p in files:
+        rel = p.relative_to(out)
+        committed = root / rel
+        assert committed.is_file(), f"{rel} is generated but not committed"
+        if same_renderer or p.suffix not in (".md", ".html", ".png"):
+            assert committed.read_bytes() == p.read_bytes(), f"{rel} differs from a regeneration"
+        elif p.suffix != ".png":
+            got = _normalised(p.read_text(encoding="utf-8"))
+            assert _normalised(committed.read_text(encoding="utf-8")) == got, f"{rel} differs"
+
+
+@pytest.mark.slow
+def test_regeneration_check_detects_changes(tmp_path: Path) -> None:
+    root = tmp_path / "leaderboards"
+    write_records(root / "records")
+    build_leaderboard([root / "records"], root, n_bootstrap=N_BOOT)
+    assert_regenerates(root, tmp_path / "again", N_BOOT)
+    csv_path = root / "leaderboard.csv"
+    good = csv_path.read_bytes()
+    csv_path.write_bytes(good.replace(b"good_net", b"gooder_net", 1))
+    with pytest.raises(AssertionError, match=r"leaderboard\.csv"):
+        assert_regenerates(root, tmp_path / "again2", N_BOOT)
+    csv_path.write_bytes(good)
+    png = next((root / "plots").glob("*.png"))
+    png.write_bytes(png.read_bytes() + b"\0")
+    with pytest.raises(AssertionError, match=r"\.png differs"):
+        assert_regenerates(root, tmp_path / "again3", N_BOOT)
+    # under another matplotlib version PNG bytes may differ, the tables must not
+    md = root / "leaderboard.md"
+    md.write_text(_PLOT_LINE.sub("Plots drawn with matplotlib 0.0.0.", md.read_text()))
+    assert_regenerates(root, tmp_path / "again4", N_BOOT)
 
 
 @pytest.mark.slow
 def test_committed_leaderboard_regenerates_identically(tmp_path: Path) -> None:
-    records = (
-        sorted((COMMITTED / "records").rglob("*.json")) if (COMMITTED / "records").is_dir() else []
-    )
+    # Skips ONLY while leaderboards/records/ holds no run records (they are committed later).
+    records_dir = COMMITTED / "records"
+    records = sorted(records_dir.rglob("*.json")) if records_dir.is_dir() else []
     if not records:
         pytest.skip("leaderboards/records/ holds no run records yet")
-    files = build_leaderboard([COMMITTED / "records"], tmp_path)
-    for p in files:
-        rel = p.relative_to(tmp_path)
-        committed = COMMITTED / rel
-        assert committed.is_file(), f"{rel} is generated but not committed under leaderboards/"
-        assert committed.read_bytes() == p.read_bytes(), (
-            f"leaderboards/{rel} differs from a regeneration"
-        )
+    assert_regenerates(COMMITTED, tmp_path)
 
 
 def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

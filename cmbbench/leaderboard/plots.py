@@ -17,6 +17,14 @@ SIZE_EDGES_MM: tuple[float, ...] = (2.0, 3.0, 5.0)
 _DPI = 100
 
 
+def plotting_version() -> str:
+    """``"matplotlib X.Y.Z"``: PNG bytes are stable for one matplotlib version (it bundles its
+    font renderer), so the pages name it."""
+    import matplotlib
+
+    return f"matplotlib {matplotlib.__version__}"
+
+
 def row_labels(table: Table) -> list[str]:
     """Legend labels: the model name, plus recipe and hardware where a model has several rows."""
     names = [r.model for r in table.rows]

@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "cmbbench.models.detector",
     "Detector": "cmbbench.models.detector",
     "run": "cmbbench.engine.run",
+    # leaderboards
+    "build_leaderboard": "cmbbench.leaderboard.build",
     # errors
     "CmbbenchError": "cmbbench.errors",
     "InputError": "cmbbench.errors",

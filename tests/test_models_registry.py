@@ -284,3 +284,32 @@ def test_doc_example_detector_plugin(tmp_path, cleanup):
     pred = det.predict(test)
     # only the CMB voxel (darker than the training CMBs) is below the fitted cut-off
     assert pred.kind == "prob" and np.array_equal(pred.prob > 0, test.label > 0)
+
+
+def test_cli_models_lists_plugins_and_reports_failures(tmp_path, cleanup):
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+
+    good = tmp_path / "cli_plugin.py"
+    good.write_text(
+        "from cmbbench import register_model\n"
+        "class D:\n"
+        "    def fit(self, train, val, config): pass\n"
+        "    def predict(self, case): return None\n"
+        "@register_model('reg_test_cli', description='listed by the CLI', kind='detector')\n"
+        "def make():\n"
+        "    return D()\n"
+    )
+    cleanup.append("reg_test_cli")
+    result = CliRunner().invoke(app, ["models", "--plugin", str(good)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    assert "unet3d" in rows and "builtin baselines" in rows["unet3d"]
+    assert "listed by the CLI" in rows["reg_test_cli"] and "detector" in rows["reg_test_cli"]
+    bad = tmp_path / "cli_bad_plugin.py"
+    bad.write_text("import no_such_dependency_qq\n")
+    result = CliRunner().invoke(app, ["models", "--plugin", str(bad)])
+    assert isinstance(result.exception, PluginError)
+    assert "cli_bad_plugin.py" in str(result.exception)
+    assert "no_such_dependency_qq" in str(result.exception)

@@ -328,3 +328,16 @@ def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     exec(compile(blocks[0], "docs/leaderboards.md", "exec"), {})
     assert (tmp_path / "leaderboard" / "leaderboard.html").is_file()
     assert (tmp_path / "leaderboard" / "leaderboard.md").is_file()
+
+
+def test_sort_script_is_valid_javascript(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the script's syntax is not checked here")
+    js = tmp_path / "sort.js"
+    js.write_text(SORT_SCRIPT, encoding="utf-8")
+    res = subprocess.run([node, "--check", str(js)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr

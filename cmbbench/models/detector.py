@@ -126,7 +126,7 @@ def check_output_shape(
     *,
     name: str | None = None,
     divisor: int = 1,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> OutputKind:
     """Run one forward pass on zeros of spatial shape ``in_shape`` (voxels) and check it.
 
@@ -134,9 +134,14 @@ def check_output_shape(
     :class:`ModelShapeError` naming the model when the input size is not a multiple of
     ``divisor``, when the forward fails, when the output is not 5-D with the input's spatial
     shape, or when its channel count is not 1 or 2. The model is put in eval mode for the
-    check and its previous mode restored.
+    check and its previous mode restored. ``device``: where to run; default the device of
+    the model's first parameter (CPU for a parameter-free model).
     """
     import torch
+
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = str(first.device) if first is not None else "cpu"
 
     label = name or type(model).__name__
     spatial = tuple(int(s) for s in tuple(in_shape)[-3:])

@@ -341,3 +341,36 @@ def test_sort_script_is_valid_javascript(tmp_path: Path) -> None:
     js.write_text(SORT_SCRIPT, encoding="utf-8")
     res = subprocess.run([node, "--check", str(js)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_valdo_rule_table_shows_mean_per_case_f1(tmp_path: Path) -> None:
+    # Two models scored under the valdo rule (its per-case F1: NaN -> None without CMBs) form
+    # their own table, which adds the official ranking metric, the mean per-case F1.
+    folder = tmp_path / "records"
+    write_records(folder)
+    for model, rec in (("good_net", 0.9), ("weak_net", 0.5)):
+        r = make_record(model, 0, rec, 1.0)
+        valdo_params = {"max_distance_mm": 5.0, "threshold": 0.5}
+        r["rule"], r["params"] = "valdo", valdo_params
+        for c in r["cases"]:
+            c["rule"], c["params"] = "valdo", valdo_params
+            c["valdo_f1"] = 2 * c["tp"] / (2 * c["tp"] + c["fp"] + c["fn"]) if c["n_gt"] else None
+        write_json_atomic(folder / f"valdo-{model}" / "record.json", r)
+    out = tmp_path / "lb"
+    build_leaderboard([folder], out, n_bootstrap=N_BOOT)
+    md = (out / "leaderboard.md").read_text()
+    sections = md.split("\n## ")[1:]
+    valdo = [s for s in sections if "rule valdo" in s.splitlines()[0]]
+    assert len(valdo) == 1 and len(sections) == 4
+    assert "VALDO F1 (mean per case)" in valdo[0]
+    assert all("VALDO F1" not in s for s in sections if s not in valdo)
+
+
+def test_inconsistent_record_error_names_the_file(tmp_path: Path) -> None:
+    r = make_record("dup", 0, 0.5, 1.0)
+    r["cases"].append(r["cases"][0])  # the same case twice
+    path = tmp_path / "dup" / "record.json"
+    write_json_atomic(path, r)
+    with pytest.raises(InputError, match="duplicate case id") as err:
+        build_tables([path], n_bootstrap=N_BOOT)
+    assert str(path) in str(err.value)

@@ -100,10 +100,10 @@ def _value_attr(v: float | str | None) -> str:
 
 def render_table_html(table: Table, images: Mapping[str, Path] | None = None) -> str:
     """The HTML section of one table; ``images`` maps a caption to a PNG file to embed."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in display_headers())
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in display_headers(table.key.rule))
     body = []
     for rank, row in enumerate(table.rows, start=1):
-        cells = display_cells(rank, row, significance_text(row))
+        cells = display_cells(rank, row, significance_text(row), table.key.rule)
         tds = "".join(
             f'<td data-v="{_value_attr(v)}">{html.escape(text)}</td>' for text, v in cells
         )

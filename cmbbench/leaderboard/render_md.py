@@ -38,7 +38,7 @@ def rule_line(table: Table) -> str:
 
 def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str:
     """The Markdown section of one table; ``plots`` maps a caption to a relative image path."""
-    headers = display_headers()
+    headers = display_headers(table.key.rule)
     lines = [
         f"## {table.key.title}",
         "",
@@ -50,7 +50,7 @@ def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str
         "|" + "|".join("---:" if i == 0 else "---" for i in range(len(headers))) + "|",
     ]
     for rank, row in enumerate(table.rows, start=1):
-        cells = display_cells(rank, row, significance_text(row))
+        cells = display_cells(rank, row, significance_text(row), table.key.rule)
         lines.append("| " + " | ".join(_escape(text) for text, _ in cells) + " |")
     lines += ["", LEGEND, ""]
     for caption, rel in (plots or {}).items():

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmbbench.errors import InputError
 from cmbbench.leaderboard.store import GroupKey, RunEntry
 from cmbbench.scoring.metrics import aggregate
 
@@ -36,7 +37,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "dice_tp_macro": ("DiceTP", True),
     "subject_f1_at_1": ("Subject F1 (≥1)", True),
     "cpm": ("FROC CPM", True),
+    "valdo_f1_mean": ("VALDO F1 (mean per case)", True),
 }
+# metrics shown only in tables of one rule (the CSV always has every column)
+RULE_ONLY: dict[str, str] = {"valdo_f1_mean": "valdo"}
 # metrics shown with their 95% CI in the Markdown/HTML tables
 WITH_CI: tuple[str, ...] = ("f1_micro", "recall_micro", "precision_micro")
 TIMINGS: dict[str, str] = {
@@ -44,6 +48,8 @@ TIMINGS: dict[str, str] = {
     "step_s": "s/step",
     "infer_case_s": "Infer s/case",
 }
+# recorded but only in the CSV
+CSV_TIMINGS: dict[str, str] = {"peak_memory_mb": "peak memory (MiB)"}
 SORT_KEY = "f1_micro"
 
 
@@ -109,12 +115,19 @@ def _headline(metrics: Mapping[str, Any], name: str) -> tuple[float | None, list
 
 def build_row(runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int) -> Row:
     """Aggregate the seeds ``runs`` (same model, recipe, hardware) into one :class:`Row`."""
-    per_run = [aggregate(r.cases, n_bootstrap=n_bootstrap, seed=seed) for r in runs]
+    per_run = []
+    for r in runs:
+        try:
+            per_run.append(aggregate(r.cases, n_bootstrap=n_bootstrap, seed=seed))
+        except InputError as err:
+            raise InputError(err.problem, case=err.case, path=str(r.path)) from None
     metrics = {}
     for name in METRICS:
         pairs = [_headline(m, name) for m in per_run]
         metrics[name] = Stat.of([p[0] for p in pairs], [p[1] for p in pairs])
-    timings = {name: Stat.of([r.timings.get(name) for r in runs]) for name in TIMINGS}
+    timings = {
+        name: Stat.of([r.timings.get(name) for r in runs]) for name in (*TIMINGS, *CSV_TIMINGS)
+    }
     first = runs[0]
     return Row(
         model=first.model,
@@ -173,7 +186,12 @@ def seeds_text(row: Row) -> str:
 
 
 # ---------------------------------------------------------------------------- display cells
-def display_headers() -> list[str]:
+def shown_metrics(rule: str) -> list[str]:
+    """The metric columns of a Markdown/HTML table scored under ``rule``."""
+    return [k for k in METRICS if RULE_ONLY.get(k, rule) == rule]
+
+
+def display_headers(rule: str) -> list[str]:
     """Column headers of the Markdown and HTML tables (the CSV has more columns)."""
     return [
         "#",
@@ -181,14 +199,20 @@ def display_headers() -> list[str]:
         "Recipe",
         "Hardware",
         "Seeds",
-        *(f"{METRICS[k][0]} [95% CI]" if k in WITH_CI else METRICS[k][0] for k in METRICS),
+        *(
+            f"{METRICS[k][0]} [95% CI]" if k in WITH_CI else METRICS[k][0]
+            for k in shown_metrics(rule)
+        ),
         *TIMINGS.values(),
         "vs top (paired)",
     ]
 
 
-def display_cells(rank: int, row: Row, significance: str) -> list[tuple[str, float | str | None]]:
-    """``(text, sort value)`` per column of :func:`display_headers` for one row; the sort
+def display_cells(
+    rank: int, row: Row, significance: str, rule: str
+) -> list[tuple[str, float | str | None]]:
+    """``(text, sort value)`` per column of :func:`display_headers` for one row of a table
+    scored under ``rule``; the sort
     value is a number (``None`` when undefined) or the text itself."""
     cells: list[tuple[str, float | str | None]] = [
         (str(rank), float(rank)),
@@ -197,7 +221,7 @@ def display_cells(rank: int, row: Row, significance: str) -> list[tuple[str, flo
         (row.hardware, row.hardware),
         (seeds_text(row), float(len(row.runs))),
     ]
-    for k in METRICS:
+    for k in shown_metrics(rule):
         s = row.metrics[k]
         cells.append((fmt_stat(s, ci=k in WITH_CI), s.mean))
     for k in TIMINGS:

@@ -43,6 +43,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +53,11 @@ from cmbbench import register_model
 from cmbbench.cases import Case
 from cmbbench.errors import InputError
 from cmbbench.models.detector import Prediction
+from cmbbench.scoring.records import write_json_atomic
 
 log = logging.getLogger(__name__)
 
+PARAMS_FILE = "classical_log.json"  # fitted parameters, written into the run folder
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 # Case.label_kind -> score_case gt_kind (when the rule parameters do not say)
 _GT_KIND = {"instance": "instance", "points": "points", "mask": "mask"}
@@ -382,9 +385,10 @@ class ClassicalDetector:
         return {**asdict(self.params), "fit": self.fit_summary}
 
     def fit(self, train: Sequence[Case], val: Sequence[Case], config: Mapping[str, Any]) -> None:
-        """Grid-search ``threshold``, ``min_roundness``, ``min_contrast`` and
+        """Fit ``threshold``, ``min_roundness``, ``min_contrast``, ``min_diameter_mm`` and
         ``max_diameter_mm`` for the best pooled lesion-level F1 on ``train`` (``val`` is
-        unused). ``config`` may give ``rule`` / ``rule_params`` for the exact re-scoring."""
+        unused). ``config`` may give ``rule`` / ``rule_params`` for the exact re-scoring and
+        ``out_dir``, where the fitted parameters are written as ``classical_log.json``."""
         cases = [c for c in train if c.label is not None]
         if not cases:
             raise InputError("classical_log.fit needs labelled training cases; received none")
@@ -447,6 +451,9 @@ class ClassicalDetector:
             "train_tp_fp_fn": list(exact[best_i][1]),
         }
         log.info("classical_log fitted: %s", self.fit_summary)
+        if config.get("out_dir"):
+            path = write_json_atomic(Path(config["out_dir"]) / PARAMS_FILE, self.config())
+            log.info("classical_log: fitted parameters written to %s", path)
 
     def _score_exact(
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,7 +118,7 @@ def _pooled_f1(det: ClassicalDetector, cases: list[Case]) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
-def test_fit_picks_thresholds_that_improve_f1() -> None:
+def test_fit_picks_thresholds_that_improve_f1(tmp_path: Path) -> None:
     # Start from a threshold at the candidate floor and no shape filters: every noise bump
     # is a detection, so F1 is low. Fitting on 3 training cases must raise F1 on 2 other
     # cases of the same kind (12 + 8 CMBs).
@@ -125,8 +127,10 @@ def test_fit_picks_thresholds_that_improve_f1() -> None:
     loose = ClassicalParams(threshold=0.5, min_roundness=0.0, min_contrast=0.0)
     before = _pooled_f1(ClassicalDetector(loose), test)
     det = ClassicalDetector(loose)
-    det.fit(train, [], {"rule": "overlap", "rule_params": {}})
+    det.fit(train, [], {"rule": "overlap", "rule_params": {}, "out_dir": str(tmp_path)})
     after = _pooled_f1(det, test)
+    saved = json.loads((tmp_path / "classical_log.json").read_text())
+    assert saved["threshold"] == det.params.threshold and saved["fit"]["n_gt"] == 12
     assert det.params.threshold > loose.threshold
     assert det.fit_summary["train_f1"] >= det.fit_summary["train_f1_fast"] - 0.2
     assert after > before + 0.3, (before, after)

@@ -303,3 +303,27 @@ def test_seed_model_recipe_keeps_the_quick_preset():
     assert other.overridden == {"cmb_fraction": "model", "tversky_beta": "model"}
     with pytest.raises(RecipeError, match="'loss'"):
         resolve_recipe("quick", {"loss": "dice"})
+
+
+def test_hard_negative_candidates_and_sampling():
+    from cmbbench.engine.patches import dark_spot_candidates, prepare_volume
+
+    case = cube_case("v", 5, n_cmb=1)
+    img = case.image
+    img[20:23, 4:28, 12] = 0.2  # a dark vein-like tube (3 × 24 × 1 voxels), not labelled
+    (x, y, z) = np.argwhere(case.label > 0)[0]
+    vol = prepare_volume(case, standardize, hard_negatives=True)
+    spots = vol.dark_spots
+    assert len(spots) > 0
+    # candidates lie on the tube, none within 2 voxels of the CMB
+    on_tube = (spots[:, 0] >= 19) & (spots[:, 0] <= 23) & (np.abs(spots[:, 2] - 12) <= 1)
+    assert on_tube.mean() > 0.8
+    assert np.all(np.abs(spots - np.array([x, y, z])).max(axis=1) > 2)
+    direct = dark_spot_candidates(vol.image, vol.fg_mask, vol.label, case.spacing)
+    np.testing.assert_array_equal(direct, spots)
+    s = PatchSampler(
+        [vol], patch_size=(8, 8, 8), batch_size=1, cmb_fraction=0.0, hard_negative_fraction=1.0,
+        flip=False, intensity=False,
+    )  # fmt: skip
+    # every patch holds part of the tube (intensity ~0.2 -> strongly negative after z-scoring)
+    assert all(s.sample(i)[0].min() < -3 for i in range(20))

@@ -257,3 +257,54 @@ def test_cli_errors(tmp_path):
     r = runner.invoke(app, ["run", "--model", "engine_tiny", "--dataset", "engine-cubes", "--plugin", PLUGIN,
                             "--set", "nonsense=1", "--out", str(tmp_path / "d")])  # fmt: skip
     assert r.exit_code == 1 and "unknown recipe key 'nonsense'" in r.output
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_unet3d_on_synthetic_tiny(tmp_path):
+    """`cmbbench run --model unet3d --preset tiny`: the default dataset is generated into an
+    empty cache, the reference network trains a few steps, the test split is scored."""
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["run", "--model", "unet3d", "--preset", "tiny", "--device", "cpu", "--root",
+         str(tmp_path / "cache"), "--out", str(out), "--steps", "4", "--bootstrap", "20"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "F1 (micro, pooled)" in result.output and "run record written to" in result.output
+    record = load_run_record(out)
+    assert record.dataset["name"] == "synthetic" and record.dataset["options"]["preset"] == "tiny"
+    assert record.model["name"] == "unet3d" and record.model["n_parameters"] > 5_000_000
+    assert record.recipe_overridden == {"steps": "user"}  # unet3d's seed recipe is the reference
+    assert len(record.cases) == record.dataset["n_test"] > 0
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_record(tiny_run, tmp_path):
+    """A run killed mid-training (after step 17; last checkpoint at step 10) and resumed ends
+    with exactly the metrics, per-case records and loss curve of the uninterrupted run."""
+    from cmbbench.engine.run import run
+
+    _, full, _ = tiny_run
+
+    def kill_at_17(event):
+        if event.phase == "train" and event.completed == 17:
+            raise _Killed
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        run("engine_tiny", "engine-cubes", preset="tiny", device="cpu", out=out,
+            overrides=TINY, n_bootstrap=50, progress=kill_at_17)  # fmt: skip
+    assert not (out / "record.json").exists()
+    resumed = run("engine_tiny", "engine-cubes", preset="tiny", device="cpu", out=out,
+                  overrides=TINY, n_bootstrap=50, resume=True)  # fmt: skip
+    assert resumed.training["resumed_from_step"] == 10
+    assert resumed.training["loss_every_step"] == full.training["loss_every_step"]
+    assert resumed.training["validations"][-1]["f1"] == full.training["validations"][-1]["f1"]
+    assert [c.to_dict() for c in resumed.cases] == [c.to_dict() for c in full.cases]
+    assert resumed.metrics == full.metrics
+    assert resumed.postprocess == full.postprocess

@@ -42,10 +42,48 @@ class TrainVolume:
     instances: list[np.ndarray]
     fg_box: tuple[tuple[int, int, int], tuple[int, int, int]]
     fg_mask: np.ndarray
+    dark_spots: np.ndarray | None = None  # int32 (N, 3) hard-negative candidate voxels
 
 
-def prepare_volume(case: Case, normalize: Normalizer) -> TrainVolume:
-    """Normalise one labelled case and index its CMB voxels (label values > 0; instance maps ok)."""
+def dark_spot_candidates(
+    image: np.ndarray,
+    fg: np.ndarray,
+    label: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    fraction: float = 0.002,
+    max_points: int = 20000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Voxels darker than their surroundings (CMB look-alikes: veins, calcifications, iron,
+    edges) that are not CMBs: int32 (N, 3) voxel indices.
+
+    Local darkness = Gaussian-smoothed image (σ = 2 mm per axis, converted to voxels with
+    ``spacing``) minus the image; the top ``fraction`` of head voxels (``fg``) are kept, at
+    most ``max_points`` of them (a seeded subsample), excluding voxels within 2 voxels of a
+    labelled CMB.
+    """
+    from scipy import ndimage
+
+    sigma = tuple(2.0 / max(float(s), 1e-3) for s in spacing)
+    darkness = ndimage.gaussian_filter(image, sigma) - image
+    near_cmb = ndimage.binary_dilation(label > 0, iterations=2) if label.any() else None
+    ok = fg if near_cmb is None else fg & ~near_cmb
+    values = darkness[ok]
+    if values.size == 0:
+        return np.zeros((0, 3), np.int32)
+    cut = np.quantile(values, 1.0 - fraction)
+    idx = np.flatnonzero((darkness >= cut).reshape(-1) & ok.reshape(-1))
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
+    return np.stack(np.unravel_index(idx, image.shape), axis=1).astype(np.int32)
+
+
+def prepare_volume(
+    case: Case, normalize: Normalizer, *, hard_negatives: bool = False
+) -> TrainVolume:
+    """Normalise one labelled case and index its CMB voxels (label values > 0; instance maps
+    ok); with ``hard_negatives``, also index dark-spot look-alikes (:func:`dark_spot_candidates`)."""
     image = np.asarray(case.image, dtype=np.float32)
     label = case.label
     if label is None or np.asarray(label).ndim != 3:
@@ -89,24 +127,33 @@ def prepare_volume(case: Case, normalize: Normalizer) -> TrainVolume:
             order = np.argsort(cvals, kind="stable")
             cvals, coords = cvals[order], coords[order]
             instances = list(np.split(coords, np.flatnonzero(np.diff(cvals)) + 1))
+    binary = (label > 0).astype(np.uint8)
+    dark = None
+    if hard_negatives:
+        dark = dark_spot_candidates(norm, fgmask, binary, case.spacing)
     return TrainVolume(
         case_id=case.case_id,
         image=norm,
-        label=(label > 0).astype(np.uint8),
+        label=binary,
         valid=valid,
         instances=instances,
         fg_box=box,  # type: ignore[arg-type]
         fg_mask=fgmask,
+        dark_spots=dark,
     )
 
 
 def prepare_volumes(
-    cases: Sequence[Case], normalize: Normalizer, progress: Callable[[int, int], None] | None = None
+    cases: Sequence[Case],
+    normalize: Normalizer,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    hard_negatives: bool = False,
 ) -> list[TrainVolume]:
     """:func:`prepare_volume` over ``cases`` (``progress(done, total)`` after each)."""
     out = []
     for i, case in enumerate(cases):
-        out.append(prepare_volume(case, normalize))
+        out.append(prepare_volume(case, normalize, hard_negatives=hard_negatives))
         case.release()
         if progress is not None:
             progress(i + 1, len(cases))
@@ -136,7 +183,9 @@ class PatchSampler:
     epoch ``e = i // (n · patches_per_volume)``, so every volume gives ``patches_per_volume``
     patches per epoch. With probability ``cmb_fraction`` (and when the volume has CMBs) the
     patch centre is a voxel of a uniformly chosen CMB, jittered by up to a quarter patch;
-    otherwise a random head voxel. Batches of rank ``r`` of ``world_size`` ranks at step ``s``
+    with probability ``hard_negative_fraction`` (when the volume was prepared with
+    ``hard_negatives``) a dark-spot look-alike, likewise jittered; otherwise a random head
+    voxel. Batches of rank ``r`` of ``world_size`` ranks at step ``s``
     hold samples ``((s · world_size + r) · batch_size + b)``.
     """
 
@@ -148,6 +197,7 @@ class PatchSampler:
         batch_size: int,
         patches_per_volume: int = 30,
         cmb_fraction: float = 0.9,
+        hard_negative_fraction: float = 0.0,
         flip: bool = True,
         rotate_deg: float = 0.0,
         intensity: bool = True,
@@ -162,6 +212,7 @@ class PatchSampler:
         self.batch_size = int(batch_size)
         self.ppv = int(patches_per_volume)
         self.cmb_fraction = float(cmb_fraction)
+        self.hard_fraction = float(hard_negative_fraction)
         self.flip, self.rotate_deg, self.intensity = flip, float(rotate_deg), intensity
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self._perm_cache: dict[int, np.ndarray] = {}
@@ -182,6 +233,7 @@ class PatchSampler:
             batch_size=recipe.batch_size,
             patches_per_volume=recipe.patches_per_volume,
             cmb_fraction=recipe.cmb_fraction,
+            hard_negative_fraction=recipe.hard_negative_fraction,
             flip=recipe.aug_flip,
             rotate_deg=recipe.aug_rotate_deg,
             intensity=recipe.aug_intensity,
@@ -206,10 +258,15 @@ class PatchSampler:
         vol = self.volumes[self._volume_index(i)]
         rng = np.random.default_rng([self.seed, 11, i])
         size = np.asarray(self.patch_size)
-        if vol.instances and rng.random() < self.cmb_fraction:
+        u = rng.random()
+        jitter = np.maximum(size // 4, 0)
+        dark = vol.dark_spots
+        if vol.instances and u < self.cmb_fraction:
             inst = vol.instances[int(rng.integers(len(vol.instances)))]
             centre = inst[int(rng.integers(len(inst)))].astype(np.int64)
-            jitter = np.maximum(size // 4, 0)
+            centre = centre + rng.integers(-jitter, jitter + 1)
+        elif dark is not None and len(dark) and u < self.cmb_fraction + self.hard_fraction:
+            centre = dark[int(rng.integers(len(dark)))].astype(np.int64)
             centre = centre + rng.integers(-jitter, jitter + 1)
         else:
             lo, hi = (np.asarray(b) for b in vol.fg_box)

@@ -50,6 +50,7 @@ class Recipe:
     batch_size: int = 8
     patches_per_volume: int = 30
     cmb_fraction: float = 0.9
+    hard_negative_fraction: float = 0.0  # patches centred on dark CMB look-alikes (mimics)
     # --- optimisation
     steps: int = 20000
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -81,7 +82,7 @@ class Recipe:
     infer_overlap: float = 0.5
     infer_batch_size: int = 4
     # --- post-processing grid (tuned on the validation split only)
-    pp_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    pp_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
     pp_min_sizes: tuple[int, ...] = (1, 2, 3, 5)
     # --- runtime
     amp: bool = True  # float16 mixed precision on CUDA
@@ -130,16 +131,17 @@ _FULL = Recipe(
 # and whole-volume inference (no overlap: every voxel is computed once).
 _QUICK = dataclasses.replace(
     _FULL,
-    patch_size=(48, 48, 16),
+    patch_size=(32, 32, 16),
     batch_size=4,
     patches_per_volume=8,
-    cmb_fraction=0.6,
-    steps=600,
+    cmb_fraction=0.35,
+    hard_negative_fraction=0.35,
+    steps=800,
     optimizer="adam",
     lr=1e-3,
     lr_schedule="cosine",
     warmup_steps=20,
-    val_every=600,
+    val_every=800,
     checkpoint_every=100,
     aug_rotate_deg=0.0,
     infer_patch_size=(192, 224, 64),
@@ -148,7 +150,7 @@ _QUICK = dataclasses.replace(
     amp=False,
     amp_cpu="auto",
     num_workers=1,
-    pp_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    pp_thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998),
 )
 
 # Tests: seconds on one core.
@@ -164,9 +166,9 @@ _TINY = dataclasses.replace(
     warmup_steps=0,
     val_every=4,
     checkpoint_every=4,
-    infer_patch_size=(32, 32, 32),
+    infer_patch_size=(96, 96, 32),
     infer_overlap=0.25,
-    infer_batch_size=2,
+    infer_batch_size=1,
     num_workers=0,
     amp_cpu="off",
     pp_thresholds=(0.3, 0.5, 0.7),
@@ -269,10 +271,10 @@ def coerce_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             raise RecipeError(f"recipe key {key!r}: expected a positive integer, got {v}")
         if key in ("patch_size", "infer_patch_size") and min(v) < 1:
             raise RecipeError(f"recipe key {key!r}: expected positive sizes, got {v}")
-        if key in ("cmb_fraction", "infer_overlap") and not 0.0 <= v < 1.0 + (
-            key == "cmb_fraction"
-        ):
+        if key in ("cmb_fraction", "hard_negative_fraction") and not 0.0 <= v <= 1.0:
             raise RecipeError(f"recipe key {key!r}: expected a value in [0, 1], got {v}")
+        if key == "infer_overlap" and not 0.0 <= v < 1.0:
+            raise RecipeError(f"recipe key 'infer_overlap': expected a value in [0, 1), got {v}")
         if key == "lr" and v <= 0:
             raise RecipeError(f"recipe key 'lr': expected > 0, got {v}")
         out[key] = v

@@ -423,7 +423,12 @@ def _run_network(
 
     t0 = time.perf_counter()
     prep = PhaseTracker(progress, "data", len(train_ds), "preparing training volumes")
-    volumes = prepare_volumes(list(train_ds), normalize, lambda d, t: prep.emit(d))
+    volumes = prepare_volumes(
+        list(train_ds),
+        normalize,
+        lambda d, t: prep.emit(d),
+        hard_negatives=recipe.hard_negative_fraction > 0,
+    )
     val_set = ValidationSet.build(list(val_ds), normalize, ctx)
     timings["prepare_seconds"] = time.perf_counter() - t0
 

@@ -208,3 +208,8 @@ def test_export_tree_valdo_names_and_sidecars(tiny, tmp_path):
     ds, _, _ = tiny
     arr = cache_mod.load_subject_arrays(out, "sub-0001")
     assert np.array_equal(arr.image, ds.case("sub-0001").image)
+    # any VALDO reader can use the tree: here cmbbench's own
+    valdo = cmbbench.load_dataset("valdo", root=str(out))
+    assert [c.case_id for c in valdo] == ["sub-0001", "sub-0002"]
+    assert np.array_equal(valdo[0].label > 0, arr.label > 0)
+    assert os.stat(out / "sub-0001" / "sub-0001_space-T2S_CMB.nii.gz").st_mode & 0o044

@@ -111,6 +111,8 @@ def write_subject(folder: Path, subject) -> Path:
     save_nifti(paths["instance"], subject.label.astype(np.uint16), aff)
     save_nifti(paths["ignore"], subject.ignore.astype(np.uint8), aff)
     save_nifti(paths["mimics"], subject.mimics.astype(np.uint8), aff)
+    for key in SUFFIXES:  # temp files are created 0600; exported trees are for everyone
+        _make_readable(paths[key])
     write_json_atomic(
         paths["sidecar"],
         {
@@ -120,7 +122,12 @@ def write_subject(folder: Path, subject) -> Path:
             "meta": subject.meta,
         },
     )
+    _make_readable(paths["sidecar"])
     return d
+
+
+def _make_readable(path: Path) -> None:
+    os.chmod(path, 0o644)  # rw-r--r--, like a file written with the usual umask 022
 
 
 def load_subject_arrays(folder: Path, subject_id: str) -> CaseData:

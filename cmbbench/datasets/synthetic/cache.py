@@ -197,7 +197,14 @@ def ensure_generated(
             if progress is not None:
                 progress(done, total)
         return made
-    ctx = multiprocessing.get_context("spawn")
+    # Linux: fork (workers inherit the loaded templates, and a user script without an
+    # ``if __name__ == "__main__"`` guard still works); elsewhere the platform's safe spawn.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "fork":  # load the templates once; the workers share them copy-on-write
+        from cmbbench.datasets.synthetic.anatomy import load_anatomy
+
+        load_anatomy()
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         futures = [pool.submit(_generate_and_write, str(folder), s) for s in missing]
         for fut in as_completed(futures):

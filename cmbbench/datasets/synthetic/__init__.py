@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from cmbbench.datasets.synthetic.contrast import list_protocols
 from cmbbench.datasets.synthetic.dataset import INFO, compute_splits, export_tree, synthetic
-from cmbbench.datasets.synthetic.generator import SubjectSpec, generate_subject
 from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS
+from cmbbench.datasets.synthetic.subjects import SubjectSpec
+
+
+def generate_subject(spec: SubjectSpec):
+    """Generate one subject (see :func:`cmbbench.datasets.synthetic.generator.generate_subject`)."""
+    from cmbbench.datasets.synthetic.generator import generate_subject as _generate
+
+    return _generate(spec)
+
 
 __all__ = [
     "GENERATOR_VERSION",

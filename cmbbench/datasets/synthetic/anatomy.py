@@ -17,7 +17,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
 
 from cmbbench.errors import InputError
 
@@ -144,6 +143,8 @@ def _soft_ellipsoid(x, y, z, centre, axes, mirror: bool) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def load_anatomy(margin_mm: int = 6) -> Anatomy:
     """Load the templates (once per process), derive CSF, brain mask, regions and iron maps."""
+    from scipy import ndimage as ndi  # imported here: registering the dataset stays light
+
     t1, affine = _read_template("t1")
     gm, _ = _read_template("gm")
     wm, _ = _read_template("wm")

@@ -30,15 +30,14 @@ from cmbbench.datasets.synthetic.cache import (
     read_sidecar,
 )
 from cmbbench.datasets.synthetic.contrast import get_protocol
-from cmbbench.datasets.synthetic.generator import (
-    LABEL_LOSS,
+from cmbbench.datasets.synthetic.lesions import LABEL_LOSS, LesionModel
+from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS, get_preset
+from cmbbench.datasets.synthetic.subjects import (
     SubjectSpec,
     subject_count,
     subject_ids,
     subject_protocol,
 )
-from cmbbench.datasets.synthetic.lesions import LesionModel
-from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS, get_preset
 from cmbbench.errors import InputError
 from cmbbench.scoring.records import write_json_atomic
 

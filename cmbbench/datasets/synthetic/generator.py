@@ -15,7 +15,7 @@ with ``ignore=True``, absent from the label, its ≥ 10 % loss voxels set in the
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -32,7 +32,7 @@ from cmbbench.datasets.synthetic.acquisition import (
 )
 from cmbbench.datasets.synthetic.anatomy import load_anatomy
 from cmbbench.datasets.synthetic.contrast import Protocol, get_protocol, tissue_image
-from cmbbench.datasets.synthetic.lesions import LesionModel, render_dipole
+from cmbbench.datasets.synthetic.lesions import IGNORE_LOSS, KEEP_LOSS, LABEL_LOSS, render_dipole
 from cmbbench.datasets.synthetic.mimics import (
     AIR_POCKETS,
     airbone_attenuation,
@@ -42,7 +42,7 @@ from cmbbench.datasets.synthetic.mimics import (
     plan_veins,
     render_veins,
 )
-from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, get_preset
+from cmbbench.datasets.synthetic.presets import get_preset
 from cmbbench.datasets.synthetic.sampling import (
     P_LOBAR_ONLY,
     component_rng,
@@ -50,37 +50,14 @@ from cmbbench.datasets.synthetic.sampling import (
     region_weights,
     sample_count,
 )
+from cmbbench.datasets.synthetic.subjects import (  # noqa: F401  (re-exported)
+    SubjectSpec,
+    subject_count,
+    subject_ids,
+    subject_protocol,
+)
 
-LABEL_LOSS = 0.30  # a voxel belongs to a CMB where its own attenuation loses ≥ 30 %
-KEEP_LOSS = 0.25  # a CMB whose strongest voxel loses < 25 % is "ignore"
-IGNORE_LOSS = 0.10  # extent of an ignored CMB in the ignore mask
 MIMIC_CODES = {"vein": 1, "calcification": 2, "iron_focus": 3, "air_bone": 4}
-
-
-@dataclass(frozen=True)
-class SubjectSpec:
-    """Everything that determines one generated subject (and its cache fingerprint)."""
-
-    subject_id: str
-    seed: int
-    protocol: str
-    preset: str
-    lesion_model: LesionModel = "dipole"
-    version: str = GENERATOR_VERSION
-
-    @property
-    def case_id(self) -> str:
-        return self.subject_id
-
-    def fingerprint(self) -> dict:
-        p = get_preset(self.preset)
-        return {
-            **asdict(self),
-            "protocol_params": get_protocol(self.protocol).as_dict(),
-            "box_mm": p.box_mm,
-            "count_cap": p.count_cap,
-            "margin_mm": p.margin_mm,
-        }
 
 
 @dataclass
@@ -94,28 +71,6 @@ class Subject:
     ignore: np.ndarray  # bool
     mimics: np.ndarray  # uint8, MIMIC_CODES
     meta: dict = field(default_factory=dict)
-
-
-def subject_ids(n: int) -> list[str]:
-    """``sub-0001`` … ``sub-{n:04d}``."""
-    return [f"sub-{i:04d}" for i in range(1, int(n) + 1)]
-
-
-def subject_protocol(
-    seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION
-) -> str:
-    """The protocol a subject draws from the preset's mix."""
-    mix = get_preset(preset).protocols
-    names = sorted(mix)
-    w = np.asarray([mix[k] for k in names], dtype=np.float64)
-    rng = component_rng(version, seed, subject_id, "protocol")
-    return names[int(rng.choice(len(names), p=w / w.sum()))]
-
-
-def subject_count(seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION) -> int:
-    """The planned CMB count (before placement/ignore) of a subject."""
-    cap = get_preset(preset).count_cap
-    return sample_count(component_rng(version, seed, subject_id, "count"), cap)
 
 
 @functools.lru_cache(maxsize=1)

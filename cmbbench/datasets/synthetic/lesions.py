@@ -18,6 +18,9 @@ import numpy as np
 from cmbbench.datasets.synthetic.sampling import GAMMA_RAD_PER_S_T, bloom_radius_mm
 
 LesionModel = Literal["dipole", "gaussian"]
+LABEL_LOSS = 0.30  # a voxel belongs to a CMB where its own attenuation loses ≥ 30 %
+KEEP_LOSS = 0.25  # a CMB whose strongest voxel loses < 25 % is "ignore"
+IGNORE_LOSS = 0.10  # extent of an ignored CMB in the ignore mask
 MAX_BOX_MM = 14.0
 SUBSAMPLE_MM = 0.3  # sub-voxel sampling step (mm), 3 to 13 samples per axis
 

@@ -11,7 +11,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cmbbench.datasets.synthetic.anatomy import (
     LOBAR_REGIONS,
@@ -123,6 +122,8 @@ def place_cmbs(
     least bloom radius + ``avoid_mm`` from every point of ``avoid_points`` (MNI mm, e.g. vein
     centre lines and calcifications). CMBs that find no place in ``max_tries`` are dropped.
     """
+    from scipy.spatial import cKDTree
+
     anat = load_anatomy()
     pools = {r: eligible_indices(r, box) for r in REGIONS if weights.get(r, 0.0) > 0}
     names = [r for r in REGIONS if r in pools and len(pools[r]) > 0]

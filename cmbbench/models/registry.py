@@ -154,7 +154,15 @@ def _add(
             f"model name {name!r} is already registered by {_qualname(old.factory)} "
             f"(source: {old.info.source}); cannot register {_qualname(factory)} under it"
         )
-    source = _source_stack[-1] if _source_stack else getattr(factory, "__module__", "?")
+    module = getattr(factory, "__module__", "?") or "?"
+    if _source_stack:
+        source = _source_stack[-1]
+    elif module.split(".")[0] == "cmbbench_baselines":
+        # Imported directly (e.g. ``from cmbbench_baselines import classical``) before the
+        # entry points were loaded: still the package's own baselines.
+        source = "builtin baselines"
+    else:
+        source = module
     info = ModelInfo(
         name=name,
         description=description or _first_line(getattr(factory, "__doc__", None)),

@@ -64,6 +64,11 @@ class Case:
         """Voxel size in mm along the array axes, from the affine's column norms."""
         return tuple(float(v) for v in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0))
 
+    @property
+    def gt_kind(self) -> str:
+        """The ``gt_kind`` to score this case's label with (``"auto"`` when unlabelled)."""
+        return self.label_kind if self.label_kind in ("mask", "instance", "points") else "auto"
+
     def load(self) -> CaseData:
         """Load (once) and return the arrays."""
         if self._data is None:

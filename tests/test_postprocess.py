@@ -48,14 +48,14 @@ def test_best_grid_point_prefers_f1_then_fewer_fp_then_conservative():
     assert grid[0].f1 == pytest.approx(0.6) and GridPoint(0.5, 1, 0, 0, 0).f1 == 0.0
 
 
-def _case(case_id: str, label: np.ndarray):
+def _case(case_id: str, label: np.ndarray, kind: str = "mask"):
     from cmbbench.cases import Case, CaseData
 
     return Case(
         case_id=case_id,
         affine=np.eye(4),
         shape=label.shape,
-        label_kind="mask",
+        label_kind=kind,
         loader=lambda: CaseData(image=np.zeros(label.shape, np.float32), label=label),
     )
 
@@ -102,3 +102,18 @@ def test_tune_postprocess_bad_input():
         tune_postprocess([np.zeros((4, 4, 5))], [_case("a", gt)], [0.5], [1])
     with pytest.raises(CmbbenchError, match="2 probability maps for 1 cases"):
         tune_postprocess([gt, gt], [_case("a", gt)], [0.5], [1])
+
+
+def test_grid_scores_instance_labels_as_instances():
+    # Two CMBs that touch (ids 1 and 2, side by side along x) and one prediction covering
+    # both. Read as instances there are 2 CMBs: the merged prediction matches one of them
+    # (tp 1, fn 1). Read as a binary mask they would be a single CMB (tp 1, fn 0), and an
+    # instance map with values > 1 is not a valid binary mask at all.
+    from cmbbench.engine.postprocess import postprocess_grid
+
+    gt = np.zeros((10, 10, 10), np.uint16)
+    gt[2:4, 4:6, 4:6] = 1
+    gt[4:6, 4:6, 4:6] = 2
+    prob = np.where(gt > 0, 0.9, 0.0).astype(np.float32)
+    (point,) = postprocess_grid([prob], [_case("touching", gt, "instance")], [0.5], [1])
+    assert (point.tp, point.fp, point.fn) == (1, 0, 1)

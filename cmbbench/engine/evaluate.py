@@ -95,7 +95,7 @@ def score_probability(
 
 def gt_kind(case: Case) -> str:
     """The scoring ``gt_kind`` of a case's label (``instance`` maps keep one value per CMB)."""
-    return case.label_kind if case.label_kind in ("mask", "instance", "points") else "auto"
+    return case.gt_kind
 
 
 def case_meta(case: Case) -> dict[str, Any]:
@@ -119,27 +119,17 @@ def tune_postprocess_on(
     :func:`cmbbench.engine.postprocess.best_grid_point`. Each cleaned map is scored with
     the dataset's rule and the case's own label kind.
     """
-    import cc3d
+    from cmbbench.engine.postprocess import best_grid_point, postprocess_grid
 
-    from cmbbench.engine.postprocess import GridPoint, best_grid_point
-
-    counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
-    for prob, case in zip(probs, cases, strict=True):
-        for t in sorted({t for t, _ in counts}):
-            labels = cc3d.connected_components(
-                np.ascontiguousarray(prob >= t), connectivity=connectivity
-            )
-            sizes = np.bincount(labels.ravel())
-            for m in sorted({m for _, m in counts}):
-                keep = sizes >= max(m, 1)
-                keep[0] = False
-                cleaned = np.where(keep[labels], prob, np.float32(0))
-                res = score_probability(
-                    cleaned, case, rule=rule, rule_params=rule_params, threshold=t
-                )
-                c = counts[(t, m)]
-                c[0], c[1], c[2] = c[0] + res.tp, c[1] + res.fp, c[2] + res.fn
-    grid = [GridPoint(t, m, *c) for (t, m), c in counts.items()]
+    grid = postprocess_grid(
+        probs,
+        cases,
+        thresholds,
+        min_sizes,
+        rule=rule,
+        rule_params=rule_params,
+        connectivity=connectivity,  # type: ignore[arg-type]
+    )
     return best_grid_point(grid), grid
 
 

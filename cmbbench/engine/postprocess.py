@@ -136,6 +136,7 @@ def postprocess_grid(
                     rule=rule,
                     connectivity=connectivity,
                     pred_kind="mask",
+                    gt_kind=case.gt_kind,
                     ignore=case.ignore,
                     case_id=case.case_id,
                     **params,

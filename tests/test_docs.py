@@ -144,6 +144,17 @@ def _score_folders(tmp: Path) -> None:
         write_nifti(tmp / "preds" / f"{case}.nii.gz", pred.clip(0, 1).astype(np.float32), aff)
 
 
+def _write_record(path: Path) -> None:
+    """A real run record: the classical floor on the tiny synthetic preset (seconds)."""
+    import cmbbench
+
+    cmbbench.run(
+        "classical_log", "synthetic", dataset_options={"preset": "tiny"}, out=path.parent,
+        n_bootstrap=50,
+    )  # fmt: skip
+    assert path.is_file()
+
+
 def _python_blocks() -> list[pytest.param]:
     params = []
     for path in DOCS:
@@ -170,6 +181,8 @@ def test_docs_python_block_runs(path: Path, code: str, tmp_path: Path, monkeypat
         code = code.replace("/data/VALDO/Task2", _valdo_root(tmp_path))
     if "preds/" in code and "labels/" in code:
         _score_folders(tmp_path)
+    for rel in re.findall(r'"(runs/[^"]+/record\.json)"', code):
+        _write_record(tmp_path / rel)
     if "import cmbbench" not in code:
         code = "import cmbbench\n" + code
     namespace: dict = {"ROOT": (tmp_path / "VALDO" / "Task2").as_posix()}

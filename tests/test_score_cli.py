@@ -119,7 +119,13 @@ def test_valdo_rule_and_dataset_defaults(tmp_path):
     res = run("--pred", pred_dir, "--gt", gt_dir, "--dataset", "valdo", "--workers", 1,
               "--n-bootstrap", 10, "--out", out)  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["info"]["dataset"] == "valdo"
+    data = json.loads(out.read_text())
+    assert data["info"]["dataset"] == "valdo"
+    # ... and its per-case metadata: the cohort from the subject number (sub-1xx -> cohort1)
+    assert {c["case_id"]: c["meta"]["cohort"] for c in data["cases"]} == {
+        c["case_id"]: "cohort" + c["case_id"][4] for c in data["cases"]
+    }
+    assert "cohort" in data["metrics"]["strata"]
 
 
 def test_nnunet_names(tmp_path):

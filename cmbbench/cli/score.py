@@ -87,6 +87,15 @@ def _resolve(dataset: str | None, given: dict[str, Any], rule: str | None) -> tu
     return chosen_rule, params
 
 
+def _case_meta(dataset: str | None):
+    """The dataset's per-case metadata from case ids (e.g. VALDO cohorts), if it has any."""
+    if dataset is None:
+        return None
+    from cmbbench.datasets.registry import dataset_info
+
+    return dataset_info(dataset).case_meta
+
+
 @app.command("score")
 def score(
     pred: Annotated[Path, typer.Option("--pred", help="Folder of predicted NIfTI masks/maps.")],
@@ -188,6 +197,7 @@ def score(
                 progress=progress,
                 n_bootstrap=n_bootstrap,
                 seed=seed,
+                case_meta=_case_meta(dataset),
                 **params,
             )
         if dataset is not None:

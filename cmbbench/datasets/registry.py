@@ -37,6 +37,9 @@ class DatasetInfo:
     label_kind: str = "mask"  # "mask" | "instance" | "points"
     needs_root: bool = True
     expected_input_format: str = ""  # tells a user what folder layout to pass
+    #: per-case metadata derivable from a case id alone (e.g. VALDO's cohort from the
+    #: subject number), attached to scoring records by ``cmbbench score --dataset``
+    case_meta: Callable[[str], dict[str, Any]] | None = field(default=None, compare=False)
 
 
 class Dataset(Sequence[Case]):

@@ -58,20 +58,6 @@ COHORTS: dict[str, dict[str, Any]] = {
     },
 }
 
-INFO = DatasetInfo(
-    name="valdo",
-    description="VALDO 2021 Task 2 cerebral microbleeds (T2*, 3 cohorts, LAS, labels 0/1)",
-    version="1",
-    default_rule="overlap",
-    rule_params={"min_overlap_voxels": 1},
-    label_kind="mask",
-    needs_root=True,
-    expected_input_format=(
-        "ROOT/sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz (+ optional _desc-masked_T1/_T2) "
-        "and ROOT/sub-XXX/sub-XXX_space-T2S_CMB.nii.gz"
-    ),
-)
-
 
 def cohort_meta(case_id: str) -> dict[str, Any]:
     """Cohort record for a subject id such as ``sub-205`` (unknown prefixes get ``cohort<digit>``)."""
@@ -81,6 +67,22 @@ def cohort_meta(case_id: str) -> dict[str, Any]:
     if rec is None:
         return {"cohort": f"cohort{digit}"}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in rec.items()}
+
+
+INFO = DatasetInfo(
+    name="valdo",
+    description="VALDO 2021 Task 2 cerebral microbleeds (T2*, 3 cohorts, LAS, labels 0/1)",
+    version="1",
+    default_rule="overlap",
+    rule_params={"min_overlap_voxels": 1},
+    label_kind="mask",
+    needs_root=True,
+    case_meta=lambda case_id: {"cohort": cohort_meta(case_id)["cohort"]},
+    expected_input_format=(
+        "ROOT/sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz (+ optional _desc-masked_T1/_T2) "
+        "and ROOT/sub-XXX/sub-XXX_space-T2S_CMB.nii.gz"
+    ),
+)
 
 
 @register_dataset(INFO)

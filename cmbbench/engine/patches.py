@@ -32,7 +32,8 @@ class TrainVolume:
     ``image`` float32 (X, Y, Z), standardised; ``label`` uint8 (X, Y, Z) 0/1; ``valid`` bool
     (X, Y, Z), False where the case's "ignore" mask is set; ``instances`` one int32 (N_k, 3)
     array of voxel indices per CMB; ``fg_box`` the (lo, hi) voxel bounds of the head region
-    from which background patch centres are drawn.
+    from which background patch centres are drawn; ``fg_mask`` the head voxels (signal voids
+    inside the head included).
     """
 
     case_id: str
@@ -54,6 +55,8 @@ def dark_spot_candidates(
     fraction: float = 0.002,
     max_points: int = 20000,
     seed: int = 0,
+    voids: np.ndarray | None = None,
+    void_share: float = 0.5,
 ) -> np.ndarray:
     """Voxels darker than their surroundings (CMB look-alikes: veins, calcifications, iron,
     edges) that are not CMBs: int32 (N, 3) voxel indices.
@@ -61,7 +64,9 @@ def dark_spot_candidates(
     Local darkness = Gaussian-smoothed image (σ = 2 mm per axis, converted to voxels with
     ``spacing``) minus the image; the top ``fraction`` of head voxels (``fg``) are kept, at
     most ``max_points`` of them (a seeded subsample), excluding voxels within 2 voxels of a
-    labelled CMB.
+    labelled CMB. ``voids`` (bool, optional): signal voids inside the head (air-bone
+    drop-out, masked-out holes), added as a seeded subsample of at most ``void_share`` ×
+    the tissue candidates, so they are sampled without crowding out veins and the like.
     """
     from scipy import ndimage
 
@@ -74,9 +79,26 @@ def dark_spot_candidates(
         return np.zeros((0, 3), np.int32)
     cut = np.quantile(values, 1.0 - fraction)
     idx = np.flatnonzero((darkness >= cut).reshape(-1) & ok.reshape(-1))
+    rng = np.random.default_rng(seed)
     if idx.size > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
+        idx = np.sort(rng.choice(idx, max_points, replace=False))
+    if voids is not None:
+        void_ok = voids if near_cmb is None else voids & ~near_cmb
+        vidx = np.flatnonzero(void_ok.reshape(-1))
+        n_void = min(vidx.size, int(void_share * idx.size))
+        if n_void:
+            idx = np.sort(np.concatenate([idx, rng.choice(vidx, n_void, replace=False)]))
     return np.stack(np.unravel_index(idx, image.shape), axis=1).astype(np.int32)
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """bool (X, Y, Z): ``mask`` with the holes of every slice along the last axis filled."""
+    from scipy import ndimage
+
+    out = np.empty_like(mask)
+    for z in range(mask.shape[2]):
+        out[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+    return out
 
 
 def prepare_volume(
@@ -106,9 +128,11 @@ def prepare_volume(
     fg = image > 0.1 * hi if hi > 0 else np.ones(image.shape, bool)
     if not fg.any():
         fg = np.ones(image.shape, bool)
-    nz = [np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    # signal voids inside the head (air-bone drop-out, masked-out regions) are the darkest
+    # look-alikes of all: they count as head, and as hard negatives of their own
+    fgmask = _fill_holes_per_slice(fg)
+    nz = [np.flatnonzero(fgmask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     box = (tuple(int(n[0]) for n in nz), tuple(int(n[-1]) + 1 for n in nz))
-    fgmask = fg
     lab_idx = np.flatnonzero(label.reshape(-1) > 0)
     instances: list[np.ndarray] = []
     if lab_idx.size:
@@ -130,7 +154,7 @@ def prepare_volume(
     binary = (label > 0).astype(np.uint8)
     dark = None
     if hard_negatives:
-        dark = dark_spot_candidates(norm, fgmask, binary, case.spacing)
+        dark = dark_spot_candidates(norm, fg, binary, case.spacing, voids=fgmask & ~fg)
     return TrainVolume(
         case_id=case.case_id,
         image=norm,

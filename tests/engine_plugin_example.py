@@ -111,6 +111,9 @@ class DarkSpotDetector:
                 best = (score, f)
         self.fraction = best[1]
 
+    def config(self):
+        return {"fraction": self.fraction}
+
     def predict(self, case):
         from cmbbench.models.detector import Prediction
 

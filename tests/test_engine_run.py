@@ -113,6 +113,9 @@ def test_detector_runs_through_the_same_pipeline(plugin, tmp_path):
     # the dark cubes (intensity 20 vs ~100) are exactly what the detector finds
     assert sum(c.tp for c in record.cases) == 4 and sum(c.fp for c in record.cases) == 0
     assert record.artifacts == {}
+    # what fit() chose is in the record (the detector's config()): the grid's first value,
+    # 0.3 × median, already separates the cubes (20) from the tissue (~100); ties keep it
+    assert record.training["fitted"] == {"fraction": 0.3}
 
 
 @pytest.mark.slow

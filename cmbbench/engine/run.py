@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import json
 import logging
 import os
 import platform
@@ -599,9 +600,19 @@ def _run_detector(
         inference_seconds_per_case=infer_s / len(test_ds),
         scoring_seconds=score_s,
     )
+    training: dict[str, Any] = {"fit_seconds": timings["train_seconds"]}
+    describe = getattr(det, "config", None)
+    if callable(describe):
+        fitted = describe()
+        try:
+            training["fitted"] = json.loads(json.dumps(fitted))
+        except (TypeError, ValueError) as err:
+            raise CmbbenchError(
+                f"model {built.name!r}: config() must return a JSON-able dict ({err})"
+            ) from None
     return {
         "cases": cases,
         "postprocess": {"applied": False, "note": "detectors post-process their own output"},
-        "training": {"fit_seconds": timings["train_seconds"]},
+        "training": training,
         "artifacts": {},
     }

@@ -92,7 +92,8 @@ class Detector(Protocol):
 
     ``config`` holds the run's recipe and options (seed, device, output folder, ...);
     detectors use what they need. Networks need not implement this: the shared engine trains
-    and runs any ``nn.Module`` itself.
+    and runs any ``nn.Module`` itself. Optionally, ``config()`` returns the fitted settings
+    as a JSON-able dict; the engine stores it in the run record (``training.fitted``).
     """
 
     def fit(self, train: Sequence[Case], val: Sequence[Case], config: Mapping[str, Any]) -> None:

@@ -135,8 +135,10 @@ _FULL = Recipe(
 # and whole-volume inference (no overlap: every voxel is computed once).
 _QUICK = dataclasses.replace(
     _FULL,
-    patch_size=(32, 32, 16),
-    batch_size=4,
+    # twice as many, smaller patches per step as 4 × 32×32×16 at the same cost: validation
+    # F1 0.69 vs 0.26-0.42 after 800 steps (more CMBs and look-alikes seen per step)
+    patch_size=(24, 24, 16),
+    batch_size=8,
     patches_per_volume=8,
     cmb_fraction=0.35,
     hard_negative_fraction=0.35,

@@ -15,6 +15,7 @@ from typing import Any
 
 from cmbbench import register_model
 
+PRIOR = 0.01  # initial CMB probability of the output layer, as for unet3d (None: default)
 SMP_RECIPE: dict[str, Any] = {"patch_size": (32, 32, 32), "divisor": 32}
 _KW = {"kind": "network", "divisor": 32, "recipe": SMP_RECIPE}
 
@@ -26,7 +27,13 @@ def _build(arch: str, encoder: str, **kwargs: Any) -> Any:
     if options.get("encoder_weights") is not None:
         raise ValueError("smp baselines are trained from scratch: encoder_weights must be None")
     options["encoder_weights"] = None
-    return getattr(smp, arch)(**options)
+    prior = options.pop("prior", PRIOR)
+    model = getattr(smp, arch)(**options)
+    if prior is not None:
+        from cmbbench_baselines.unet3d_net import init_prior_bias
+
+        init_prior_bias(model.segmentation_head[0], prior)
+    return model
 
 
 @register_model("smp_unet_r18", description="smp-3d U-Net, ResNet-18 encoder (scratch)", **_KW)

@@ -103,36 +103,6 @@ def case_meta(case: Case) -> dict[str, Any]:
     return {k: case.meta[k] for k in ("cohort", "protocol") if k in case.meta}
 
 
-def tune_postprocess_on(
-    probs: Sequence[np.ndarray],
-    cases: Sequence[Case],
-    thresholds: Sequence[float],
-    min_sizes: Sequence[int],
-    *,
-    rule: str,
-    rule_params: dict[str, Any],
-    connectivity: int = 26,
-) -> tuple[Any, list[Any]]:
-    """Search (threshold, min_size) on labelled (validation) cases by pooled lesion F1.
-
-    Returns ``(best GridPoint, every GridPoint)``; ties are broken by
-    :func:`cmbbench.engine.postprocess.best_grid_point`. Each cleaned map is scored with
-    the dataset's rule and the case's own label kind.
-    """
-    from cmbbench.engine.postprocess import best_grid_point, postprocess_grid
-
-    grid = postprocess_grid(
-        probs,
-        cases,
-        thresholds,
-        min_sizes,
-        rule=rule,
-        rule_params=rule_params,
-        connectivity=connectivity,  # type: ignore[arg-type]
-    )
-    return best_grid_point(grid), grid
-
-
 @dataclass
 class ValidationSet:
     """Normalised validation images kept in memory (this rank's shard) for repeated validation."""

@@ -407,10 +407,14 @@ def _run_network(
         gather_by_case,
         make_validator,
         predict_probability,
-        tune_postprocess_on,
     )
     from cmbbench.engine.patches import PatchSampler, prepare_volumes
-    from cmbbench.engine.postprocess import PostprocessParams, clean_probability
+    from cmbbench.engine.postprocess import (
+        PostprocessParams,
+        best_grid_point,
+        clean_probability,
+        postprocess_grid,
+    )
     from cmbbench.engine.trainer import load_best_weights, train
     from cmbbench.models.detector import check_input_size, check_output_shape
 
@@ -477,7 +481,7 @@ def _run_network(
     validator.last_probs = None
     probs = gather_by_case(val_probs, [c.case_id for c in val_ds], ctx)
     del val_probs
-    best, grid = tune_postprocess_on(
+    grid = postprocess_grid(
         probs,
         list(val_ds),
         recipe.pp_thresholds,
@@ -485,6 +489,7 @@ def _run_network(
         rule=rule,
         rule_params=rule_params,
     )
+    best = best_grid_point(grid)
     pp = PostprocessParams(threshold=best.threshold, min_size=best.min_size)
     del probs, val_set
     timings["tune_seconds"] = time.perf_counter() - t0

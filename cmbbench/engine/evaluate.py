@@ -88,14 +88,9 @@ def score_probability(
         lesion_attrs=case.meta.get("lesion_attrs"),
         case_id=case.case_id,
         meta=case_meta(case),
-        gt_kind=gt_kind(case),
+        gt_kind=case.gt_kind,
         **rule_params,
     )
-
-
-def gt_kind(case: Case) -> str:
-    """The scoring ``gt_kind`` of a case's label (``instance`` maps keep one value per CMB)."""
-    return case.gt_kind
 
 
 def case_meta(case: Case) -> dict[str, Any]:

@@ -347,7 +347,7 @@ def _score_cases(
     """Predict + score this rank's shard of ``cases``; returns (results in case order on
     every rank, inference seconds, scoring seconds)."""
     from cmbbench.engine.distributed import shard
-    from cmbbench.engine.evaluate import case_meta, gather_by_case, gt_kind
+    from cmbbench.engine.evaluate import case_meta, gather_by_case
 
     mine = shard(cases, ctx)
     tracker = PhaseTracker(progress, phase, len(mine), f"{phase} {len(cases)} test cases")
@@ -369,7 +369,7 @@ def _score_cases(
             lesion_attrs=case.meta.get("lesion_attrs"),
             case_id=case.case_id,
             meta=case_meta(case),
-            gt_kind=gt_kind(case),
+            gt_kind=case.gt_kind,
             pred_scores=scores,
             **rule_params,
         )

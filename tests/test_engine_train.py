@@ -36,3 +36,54 @@ def test_trainer_overfits_a_tiny_case(tmp_path):
     # both cubes found, as one component each, and nothing else
     assert (final["tp"], final["fn"], final["fp"]) == (2, 0, 0), final
     assert result.best_metric == 1.0 and result.best_checkpoint.is_file()
+
+
+class _Flaky(torch.nn.Module):
+    """Wraps a network; returns NaN logits on the training calls listed in ``nan_calls``."""
+
+    def __init__(self, net: torch.nn.Module, nan_calls: set[int] | None = None):
+        super().__init__()
+        self.net, self.nan_calls, self.calls = net, nan_calls, 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            bad = self.nan_calls is None or self.calls in self.nan_calls
+            self.calls += 1
+            if bad:
+                return out * float("nan")
+        return out
+
+
+def _tiny_training(tmp_path, steps: int):
+    case = cube_case("one", 3, n_cmb=2)
+    recipe = resolve_recipe(
+        "tiny", None,
+        {"steps": steps, "batch_size": 2, "patch_size": 16, "checkpoint_every": steps},
+    ).recipe  # fmt: skip
+    sampler = PatchSampler.from_recipe(prepare_volumes([case], standardize), recipe, seed=0)
+    return sampler, recipe
+
+
+def test_non_finite_steps_are_skipped_and_recorded(tmp_path):
+    # NaN logits at steps 2 and 5: those two updates are skipped (weights unchanged by them),
+    # the run completes, the record lists them, and their losses are NaN (null in JSON).
+    torch.manual_seed(0)
+    sampler, recipe = _tiny_training(tmp_path, 8)
+    net = _Flaky(TinyNet(), {2, 5})
+    result = train(net, sampler, recipe, out_dir=tmp_path, device=torch.device("cpu"))
+    assert result.steps == 8 and result.skipped_steps == [2, 5]
+    assert [i for i, v in enumerate(result.losses) if v != v] == [2, 5]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_training_that_only_produces_nan_is_reported_as_diverged(tmp_path):
+    import pytest
+
+    from cmbbench.engine.trainer import MAX_CONSECUTIVE_SKIPS
+    from cmbbench.errors import CmbbenchError
+
+    sampler, recipe = _tiny_training(tmp_path, MAX_CONSECUTIVE_SKIPS + 5)
+    net = _Flaky(TinyNet(), None)  # NaN on every step
+    with pytest.raises(CmbbenchError, match=f"{MAX_CONSECUTIVE_SKIPS} consecutive steps"):
+        train(net, sampler, recipe, out_dir=tmp_path, device=torch.device("cpu"))

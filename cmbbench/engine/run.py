@@ -532,6 +532,7 @@ def _run_network(
             "loss_first": result.losses[0] if result.losses else None,
             "loss_last": result.losses[-1] if result.losses else None,
             "loss_every_step": result.losses,
+            "skipped_steps": result.skipped_steps,
         },
         "artifacts": {
             "best_checkpoint": _rel(result.best_checkpoint, run_dir),

@@ -61,6 +61,7 @@ class TrainResult:
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     losses: list[float] = field(default_factory=list)  # one per step, from step 0
+    skipped_steps: list[int] = field(default_factory=list)  # non-finite loss/gradients
     validations: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # this process, optimisation steps only
     val_seconds: float = 0.0
@@ -68,6 +69,18 @@ class TrainResult:
     peak_memory_bytes: int | None = None  # CUDA: max allocated; CPU: peak RSS of the process
     device: str = "cpu"
     amp_dtype: str | None = None  # "float16" / "bfloat16" when mixed precision was used
+
+
+#: a run whose last this-many steps all had non-finite loss or gradients has diverged
+MAX_CONSECUTIVE_SKIPS = 20
+
+
+def _gradients_finite(model: nn.Module) -> bool:
+    """True when every gradient of ``model`` is finite (no inf/NaN); one sync per step."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
@@ -177,6 +190,7 @@ def train(
     best_metric: float | None = None
     best_step: int | None = None
     losses: list[float] = []
+    skipped: list[int] = []  # steps whose update was skipped (non-finite loss/gradients)
     validations: list[dict[str, float]] = []
     if resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
@@ -193,6 +207,7 @@ def train(
         best_metric = state.get("best_metric")
         best_step = state.get("best_step")
         losses = [float(v) for v in state.get("losses", [])][:start]
+        skipped = [int(v) for v in state.get("skipped_steps", []) if int(v) < start]
         validations = [dict(v) for v in state.get("validations", [])]
         _set_rng_state(state.get("rng", {}))
         logger.info("resumed from %s at step %d", last_path, start)
@@ -218,6 +233,7 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     train_s = val_s = 0.0
     steps_run = 0
+    run_of_skips = 0
     t_step = time.perf_counter()
 
     def state_dict(step: int) -> dict[str, Any]:
@@ -229,6 +245,7 @@ def train(
             "best_metric": best_metric,
             "best_step": best_step,
             "losses": list(losses),
+            "skipped_steps": list(skipped),
             "validations": [dict(v) for v in validations],
             "rng": _rng_state(),
             "recipe": recipe.to_dict(),
@@ -261,13 +278,30 @@ def train(
                 )
             for w, out in zip(recipe.deep_supervision_weights, aux, strict=True):
                 loss = loss + w * criterion(out.float(), target, valid)
-        if not torch.isfinite(loss):
-            raise CmbbenchError(f"training diverged: loss is {loss.item()} at step {step}")
+        # backward even when the loss is not finite: under DDP every rank must join the
+        # gradient all-reduce; the (then non-finite) gradients make the step a skipped one
         scaler.scale(loss).backward()
         if recipe.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(train_model.parameters(), recipe.grad_clip)
-        scaler.step(optimizer)
+        if scaler.is_enabled() or _gradients_finite(train_model):
+            scaler.step(optimizer)  # the float16 grad scaler skips non-finite steps itself
+            run_of_skips = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            skipped.append(step)
+            run_of_skips += 1
+            logger.warning(
+                "step %d: non-finite loss or gradients (%s mixed precision); step skipped",
+                step,
+                "no" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            )
+            if run_of_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise CmbbenchError(
+                    f"training diverged: {run_of_skips} consecutive steps up to step {step} had "
+                    "non-finite loss or gradients (try a lower --lr, --set grad_clip=1, or "
+                    "--set amp_cpu=off)"
+                )
         scaler.update()
         losses.append(float(loss.detach()))
         done = step + 1
@@ -320,6 +354,7 @@ def train(
         best_checkpoint=best_path if best_path.exists() else None,
         last_checkpoint=last_path if last_path.exists() else None,
         losses=losses,
+        skipped_steps=skipped,
         validations=validations,
         train_seconds=train_s,
         val_seconds=val_s,

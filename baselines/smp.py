@@ -1,51 +1,121 @@
 """Variants from ``segmentation-models-pytorch-3d``, trained from scratch.
 
 No pretrained weights exist offline, so ``encoder_weights=None`` always. With their default
-five stride-2 stages these networks need spatial sizes divisible by 32: each registration
-declares ``divisor=32`` (checked up front by the engine, see
-:func:`cmbbench.models.detector.check_input_size`) and a 32³ training patch — the legal size
-closest to the seed's 40³ (64 slices would exceed the whole head on 3 mm-slice scans), so
-the preset's batch size and step budget apply unchanged. At 32³ the deepest stage is 1 voxel.
-The library is imported only when a model is created.
+five isotropic stride-2 stages these networks need spatial sizes divisible by 32 and, worse
+for CMBs, their stem (a stride-2 7×7×7 convolution, then a stride-2 max-pool) merges the
+slices of thick-slice data: on the 1×1×3 mm synthetic grid, where a CMB spans one to three
+slices, the U-Nets with isotropic strides learned nothing in the quick preset's 800 steps
+(training loss flat at ≈0.93, validation F1 0; docs/training.md). So, as nnU-Net plans
+strides from the spacing:
+
+* the U-Nets keep z at full resolution in the first and the last stage
+  (``strides=ANISO_STRIDES``): sizes must be multiples of 32 in x, y and of 8 in z
+  (``divisor=(32, 32, 8)``, checked up front by the engine), and the training patch is
+  32×32×16 voxels (32×32×48 mm, the reference U-Net's 16 slices);
+* LinkNet takes no ``strides``: it runs on the input resampled 2× along z
+  (:class:`~cmbbench_baselines.smp_net.ZUpsampled`), so its first stride-2 stage only undoes
+  the resampling (``divisor=(32, 32, 16)``, same patch);
+* FPN is kept as the library builds it (isotropic, 32³ patches). Its prediction comes from
+  quarter-resolution features upsampled 4×, too coarse for 1–3-voxel CMBs: it stays at F1 0
+  in the quick preset, with or without z resampling (training loss over 150 CMB-centred
+  steps 1.06 → 1.04, LinkNet 1.06 → 0.97, U-Net 1.05 → 0.93). It is on the leaderboard as
+  that finding.
+
+``strides=((2, 2, 2),) * 5`` (U-Nets) or ``z_factor=1`` (LinkNet) restore the library's
+defaults. The library is imported only when a model is created.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from cmbbench import register_model
 
 PRIOR = 0.01  # initial CMB probability of the output layer, as for unet3d (None: default)
-SMP_RECIPE: dict[str, Any] = {"patch_size": (32, 32, 32), "divisor": 32}
-_KW = {"kind": "network", "divisor": 32, "recipe": SMP_RECIPE}
+# (x, y, z) stride of each of the five encoder stages: no z-downsampling in the stem and in
+# the deepest stage (3 mm slices); x, y as the library's default
+ANISO_STRIDES: tuple[tuple[int, int, int], ...] = (
+    (2, 2, 1),
+    (2, 2, 2),
+    (2, 2, 2),
+    (2, 2, 2),
+    (2, 2, 1),
+)
+SMP_RECIPE: dict[str, Any] = {"patch_size": (32, 32, 16)}
+_UNET_KW = {"kind": "network", "divisor": (32, 32, 8), "recipe": SMP_RECIPE}
+_ZUP_KW = {"kind": "network", "divisor": (32, 32, 16), "recipe": SMP_RECIPE}
+_ISO_KW = {"kind": "network", "divisor": 32, "recipe": {"patch_size": (32, 32, 32)}}
 
 
-def _build(arch: str, encoder: str, **kwargs: Any) -> Any:
-    import segmentation_models_pytorch_3d as smp
+def strides_divisor(strides: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """Per-axis product of the stage strides: input sizes must be multiples of it."""
+    if len(strides) == 0 or any(len(s) != 3 for s in strides):
+        raise ValueError(f"strides must be a sequence of (x, y, z) triples, got {strides!r}")
+    return tuple(math.prod(int(s[i]) for s in strides) for i in range(3))  # type: ignore[return-value]
 
+
+def _options(encoder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     options = {"encoder_name": encoder, "in_channels": 1, "classes": 2, **kwargs}
     if options.get("encoder_weights") is not None:
         raise ValueError("smp baselines are trained from scratch: encoder_weights must be None")
     options["encoder_weights"] = None
-    prior = options.pop("prior", PRIOR)
-    model = getattr(smp, arch)(**options)
+    return options
+
+
+def _init_prior(model: Any, prior: float | None) -> None:
     if prior is not None:
         from cmbbench_baselines.unet3d_net import init_prior_bias
 
         init_prior_bias(model.segmentation_head[0], prior)
-    return model
 
 
-@register_model("smp_unet_r18", description="smp-3d U-Net, ResNet-18 encoder (scratch)", **_KW)
+def _unet(encoder: str, **kwargs: Any) -> Any:
+    import segmentation_models_pytorch_3d as smp
+
+    prior = kwargs.pop("prior", PRIOR)
+    strides = tuple(tuple(int(v) for v in s) for s in kwargs.pop("strides", ANISO_STRIDES))
+    model = smp.Unet(strides=strides, **_options(encoder, kwargs))
+    _init_prior(model, prior)
+    return model, {"divisor": strides_divisor(strides)}
+
+
+def _zup(arch: str, encoder: str, **kwargs: Any) -> Any:
+    import segmentation_models_pytorch_3d as smp
+    from cmbbench_baselines.smp_net import ZUpsampled
+
+    prior = kwargs.pop("prior", PRIOR)
+    z_factor = int(kwargs.pop("z_factor", 2))
+    if 32 % z_factor:
+        raise ValueError(f"z_factor must divide 32, got {z_factor}")
+    model = getattr(smp, arch)(**_options(encoder, kwargs))
+    _init_prior(model, prior)
+    return ZUpsampled(model, z_factor), {"divisor": (32, 32, 32 // z_factor)}
+
+
+@register_model("smp_unet_r18", description="smp-3d U-Net, ResNet-18 encoder (scratch)", **_UNET_KW)
 def smp_unet_r18(**kwargs: Any) -> Any:
-    return _build("Unet", "resnet18", **kwargs)
+    return _unet("resnet18", **kwargs)
 
 
-@register_model("smp_unet_r34", description="smp-3d U-Net, ResNet-34 encoder (scratch)", **_KW)
+@register_model("smp_unet_r34", description="smp-3d U-Net, ResNet-34 encoder (scratch)", **_UNET_KW)
 def smp_unet_r34(**kwargs: Any) -> Any:
-    return _build("Unet", "resnet34", **kwargs)
+    return _unet("resnet34", **kwargs)
 
 
-@register_model("smp_fpn_r18", description="smp-3d FPN, ResNet-18 encoder (scratch)", **_KW)
+@register_model(
+    "smp_linknet_r18", description="smp-3d LinkNet, ResNet-18 encoder (scratch)", **_ZUP_KW
+)
+def smp_linknet_r18(**kwargs: Any) -> Any:
+    return _zup("Linknet", "resnet18", **kwargs)
+
+
+@register_model("smp_fpn_r18", description="smp-3d FPN, ResNet-18 encoder (scratch)", **_ISO_KW)
 def smp_fpn_r18(**kwargs: Any) -> Any:
-    return _build("FPN", "resnet18", **kwargs)
+    import segmentation_models_pytorch_3d as smp
+
+    prior = kwargs.pop("prior", PRIOR)
+    model = smp.FPN(**_options("resnet18", kwargs))
+    _init_prior(model, prior)
+    return model

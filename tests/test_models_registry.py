@@ -118,7 +118,8 @@ def test_baselines_come_through_the_entry_point():
     for name in ("unet3d", "unet3d_small", "unet3d_res", "unet3d_ds", "smp_unet_r18"):
         assert model_info(name).source == "builtin baselines"
     assert model_info("unet3d").recipe["patch_size"] == (40, 40, 40)
-    assert model_info("smp_unet_r18").divisor == 32
+    assert model_info("smp_unet_r18").divisor == (32, 32, 8)
+    assert model_info("unet3d").divisor == 8
 
 
 def test_plugin_file_registers_and_reports_source(tmp_path, cleanup):

@@ -21,6 +21,7 @@ from torch import nn
 from cmbbench.cases import Case
 from cmbbench.engine.distributed import DistContext, all_reduce_sum, gather_objects, shard
 from cmbbench.engine.recipe import Recipe
+from cmbbench.models.detector import Divisor, divisor_triple
 from cmbbench.scoring.records import CaseResult
 
 Normalizer = Callable[[np.ndarray], np.ndarray]
@@ -30,12 +31,15 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def inference_window(recipe: Recipe, shape: Sequence[int], divisor: int) -> tuple[int, int, int]:
+def inference_window(
+    recipe: Recipe, shape: Sequence[int], divisor: Divisor
+) -> tuple[int, int, int]:
     """The sliding window for an image of ``shape`` (voxels): the recipe's window, shrunk
-    along axes where the image (rounded up to ``divisor``) is smaller."""
+    along axes where the image (rounded up to ``divisor``, one int or one per axis) is
+    smaller."""
     return tuple(  # type: ignore[return-value]
-        min(_round_up(int(p), divisor), _round_up(int(s), divisor))
-        for p, s in zip(recipe.infer_patch_size, shape, strict=True)
+        min(_round_up(int(p), k), _round_up(int(s), k))
+        for p, s, k in zip(recipe.infer_patch_size, shape, divisor_triple(divisor), strict=True)
     )
 
 
@@ -45,7 +49,7 @@ def predict_probability(
     recipe: Recipe,
     *,
     device: torch.device,
-    divisor: int = 1,
+    divisor: Divisor = 1,
     name: str | None = None,
 ) -> np.ndarray:
     """CMB probability float32 (X, Y, Z) of a *normalised* image, by sliding-window inference
@@ -133,7 +137,7 @@ class Validator:
         recipe: Recipe,
         *,
         device: torch.device,
-        divisor: int,
+        divisor: Divisor,
         rule: str,
         rule_params: dict[str, Any],
         ctx: DistContext,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmbbench.errors import CmbbenchError
-from cmbbench.models.detector import ModelShapeError
+from cmbbench.models.detector import Divisor, ModelShapeError, divisor_triple, round_up_to_divisor
 
 if TYPE_CHECKING:
     import torch
@@ -88,15 +88,15 @@ def sliding_window_predict(
     batch_size: int = 4,
     device: str | Any = "cpu",
     amp: bool = False,
-    divisor: int = 8,
+    divisor: Divisor = 8,
     sigma_scale: float = 0.125,
     progress: ProgressFn | None = None,
     name: str | None = None,
 ) -> np.ndarray:
     """CMB probability map float32 (X, Y, Z) in [0, 1] for a normalised image (X, Y, Z).
 
-    ``patch_size``: window (voxels, each a multiple of ``divisor``); ``None`` runs the whole
-    volume at once, zero-padded up to multiples of ``divisor``. The image is zero-padded
+    ``patch_size``: window (voxels, each a multiple of ``divisor``, one int or one per axis);
+    ``None`` runs the whole volume at once, zero-padded up to multiples of ``divisor``. The image is zero-padded
     (at the high end of each axis) where it is smaller than the window. ``overlap``: minimum
     fraction of a window shared with its neighbour, in [0, 1). ``batch_size`` windows go
     through the model at a time. The model's output (logits) is turned into a probability
@@ -117,13 +117,14 @@ def sliding_window_predict(
     if batch_size < 1:
         raise CmbbenchError(f"sliding_window_predict: batch_size must be >= 1, got {batch_size}")
     shape = tuple(int(s) for s in image.shape)
+    div = divisor_triple(divisor, name=f"model {label!r}")
     if patch_size is None:
-        patch = tuple(_round_up(s, divisor) for s in shape)
+        patch = round_up_to_divisor(shape, div)
     else:
         patch = tuple(int(p) for p in patch_size)
         if len(patch) != 3 or any(p < 1 for p in patch):
             raise CmbbenchError(f"patch_size must be 3 positive ints (voxels), got {patch_size}")
-        if any(p % divisor for p in patch):
+        if any(p % k for p, k in zip(patch, div, strict=True)):
             raise ModelShapeError(
                 f"model {label!r} needs spatial sizes divisible by {divisor}, got patch_size {patch}"
             )

@@ -21,6 +21,7 @@ from cmbbench.engine.progress import PhaseTracker, ProgressFn
 from cmbbench.engine.record import load_run_record
 from cmbbench.errors import CmbbenchError, InputError, UnknownNameError
 from cmbbench.io import NIFTI_SUFFIXES, load_nifti, save_nifti, strip_nifti_suffix
+from cmbbench.models.detector import divisor_triple
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def predict_folder(
     out = Path(out_dir)
     tracker = PhaseTracker(progress, "infer", len(files), f"predicting {len(files)} images")
     written: list[Path] = []
-    divisor = int(record.model.get("divisor") or built.info.divisor)
+    stored = record.model.get("divisor")
+    divisor = divisor_triple(stored if stored else built.info.divisor, name=f"model {name!r}")
     for i, path in enumerate(files):
         case_id = strip_nifti_suffix(path.name) or path.name
         image, affine, _header = load_nifti(path, case=case_id)

@@ -22,6 +22,39 @@ if TYPE_CHECKING:
     from cmbbench.models.registry import ModelInfo
 
 OutputKind = Literal["softmax2", "logit1"]
+# Spatial sizes a network accepts are multiples of this: one int for every axis, or one per
+# axis (x, y, z), e.g. (32, 32, 8) for a network that does not downsample z in two stages.
+Divisor = int | tuple[int, int, int]
+
+
+def divisor_triple(
+    divisor: Divisor | Sequence[int], *, name: str = "model"
+) -> tuple[int, int, int]:
+    """``divisor`` as one positive int per axis (x, y, z); raises naming ``name`` otherwise."""
+    if isinstance(divisor, bool):
+        raise CmbbenchError(f"{name}: divisor must be a positive int or 3 of them, got {divisor!r}")
+    if isinstance(divisor, (int, np.integer)):
+        values: tuple[Any, ...] = (divisor,) * 3
+    elif isinstance(divisor, Sequence) and not isinstance(divisor, str) and len(divisor) == 3:
+        values = tuple(divisor)
+    else:
+        raise CmbbenchError(f"{name}: divisor must be a positive int or 3 of them, got {divisor!r}")
+    if not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values
+    ):
+        raise CmbbenchError(f"{name}: divisor must be a positive int or 3 of them, got {divisor!r}")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def round_up_to_divisor(shape: Sequence[int], divisor: Divisor) -> tuple[int, int, int]:
+    """The smallest sizes >= ``shape`` (voxels, 3 axes) that are multiples of ``divisor``."""
+    d = divisor_triple(divisor)
+    return tuple(-(-int(s) // k) * k for s, k in zip(tuple(shape)[-3:], d, strict=True))  # type: ignore[return-value]
+
+
+def _divisor_text(divisor: Divisor) -> str:
+    d = divisor_triple(divisor)
+    return str(d[0]) if d[0] == d[1] == d[2] else "×".join(map(str, d)) + " (x×y×z)"
 
 
 class ModelShapeError(CmbbenchError, ValueError):
@@ -113,10 +146,11 @@ def check_input_size(info: ModelInfo | str, shape: Sequence[int]) -> None:
 
         info = model_info(info)
     spatial = tuple(int(s) for s in tuple(shape)[-3:])
-    if info.divisor > 1 and any(s % info.divisor for s in spatial):
-        ok = tuple(-(-s // info.divisor) * info.divisor for s in spatial)
+    d = divisor_triple(info.divisor, name=f"model {info.name!r}")
+    if any(s % k for s, k in zip(spatial, d, strict=True)):
+        ok = round_up_to_divisor(spatial, d)
         raise ModelShapeError(
-            f"model {info.name!r} needs spatial sizes divisible by {info.divisor}, got "
+            f"model {info.name!r} needs spatial sizes divisible by {_divisor_text(d)}, got "
             f"{spatial} (e.g. use {ok})"
         )
 
@@ -126,7 +160,7 @@ def check_output_shape(
     in_shape: Sequence[int] = (32, 32, 32),
     *,
     name: str | None = None,
-    divisor: int = 1,
+    divisor: Divisor = 1,
     device: str | None = None,
 ) -> OutputKind:
     """Run one forward pass on zeros of spatial shape ``in_shape`` (voxels) and check it.
@@ -146,9 +180,10 @@ def check_output_shape(
 
     label = name or type(model).__name__
     spatial = tuple(int(s) for s in tuple(in_shape)[-3:])
-    if divisor > 1 and any(s % divisor for s in spatial):
+    d = divisor_triple(divisor, name=f"model {label!r}")
+    if any(s % k for s, k in zip(spatial, d, strict=True)):
         raise ModelShapeError(
-            f"model {label!r} needs spatial sizes divisible by {divisor}, got {spatial}"
+            f"model {label!r} needs spatial sizes divisible by {_divisor_text(d)}, got {spatial}"
         )
     was_training = model.training
     model.eval()

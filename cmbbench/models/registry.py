@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from cmbbench.errors import CmbbenchError, UnknownNameError
+from cmbbench.models.detector import Divisor, divisor_triple
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class ModelInfo:
     is seen). ``source``: where the registration came from — ``"builtin baselines"``, the
     defining module's name, ``"entry point NAME (DIST)"`` or ``"plugin PATH"``.
     ``divisor``: every spatial input size must be a multiple of it (e.g. 32 for a network
-    with five stride-2 stages). ``recipe``: recipe entries the model overrides, known at
+    with five stride-2 stages), or one int per axis (x, y, z), e.g. ``(32, 32, 8)`` when
+    two of the stages do not downsample z. ``recipe``: recipe entries the model overrides, known at
     registration (the factory may add more).
     """
 
@@ -77,7 +79,7 @@ class ModelInfo:
     description: str
     kind: ModelKind
     source: str
-    divisor: int = 1
+    divisor: Divisor = 1
     recipe: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -137,7 +139,7 @@ def _add(
     *,
     description: str,
     kind: ModelKind,
-    divisor: int,
+    divisor: Divisor,
     recipe: Mapping[str, Any] | None,
 ) -> None:
     if not isinstance(name, str) or not name:
@@ -146,8 +148,8 @@ def _add(
         raise CmbbenchError(
             f"model {name!r}: kind must be 'auto', 'network' or 'detector', got {kind!r}"
         )
-    if not isinstance(divisor, int) or divisor < 1:
-        raise CmbbenchError(f"model {name!r}: divisor must be a positive int, got {divisor!r}")
+    triple = divisor_triple(divisor, name=f"model {name!r}")  # raises when malformed
+    divisor = triple[0] if triple[0] == triple[1] == triple[2] else triple
     old = _REGISTRY.get(name)
     if old is not None and _qualname(old.factory) != _qualname(factory):
         raise CmbbenchError(
@@ -182,7 +184,7 @@ def register_model(
     *,
     description: str = "",
     kind: ModelKind = "auto",
-    divisor: int = 1,
+    divisor: Divisor = 1,
     recipe: Mapping[str, Any] | None = None,
 ) -> Callable[[Factory], Factory]: ...
 def register_model(
@@ -190,13 +192,14 @@ def register_model(
     *,
     description: str = "",
     kind: ModelKind = "auto",
-    divisor: int = 1,
+    divisor: Divisor = 1,
     recipe: Mapping[str, Any] | None = None,
 ) -> Any:
     """Decorator registering a model factory; usable bare (``@register_model``) or called.
 
     ``name`` defaults to the factory's ``__name__``; ``description`` to the first line of its
-    docstring. ``divisor``: spatial sizes the network accepts must be multiples of it.
+    docstring. ``divisor``: spatial sizes the network accepts must be multiples of it (one
+    int, or one per axis x, y, z).
     ``recipe``: recipe entries this model overrides (e.g. ``{"patch_size": (64, 64, 64)}``).
     Returns the factory unchanged.
     """
@@ -410,8 +413,11 @@ def build_model(name: str, **kwargs: Any) -> BuiltModel:
             f"model {name!r} is registered as kind {info.kind!r} but its factory returned a {kind} "
             f"({type(result).__name__})"
         )
-    if int(overrides.get("divisor", info.divisor)) != info.divisor:  # the factory decides
-        info = dataclasses.replace(info, divisor=int(overrides["divisor"]))
+    if "divisor" in overrides:  # the factory decides (e.g. from its strides)
+        d = divisor_triple(overrides["divisor"], name=f"model {name!r}")
+        divisor: Divisor = d[0] if d[0] == d[1] == d[2] else d
+        if divisor != info.divisor:
+            info = dataclasses.replace(info, divisor=divisor)
     return BuiltModel(
         name=name,
         kind=kind,

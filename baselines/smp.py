@@ -56,6 +56,17 @@ def strides_divisor(strides: Sequence[Sequence[int]]) -> tuple[int, int, int]:
     return tuple(math.prod(int(s[i]) for s in strides) for i in range(3))  # type: ignore[return-value]
 
 
+def _import_smp() -> Any:
+    """The library, imported without its own import-time ``FutureWarning`` about
+    ``torch.jit.script`` (printed three times per process otherwise; nothing a user can fix)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.", category=FutureWarning)
+        import segmentation_models_pytorch_3d as smp
+    return smp
+
+
 def _options(encoder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     options = {"encoder_name": encoder, "in_channels": 1, "classes": 2, **kwargs}
     if options.get("encoder_weights") is not None:
@@ -72,8 +83,7 @@ def _init_prior(model: Any, prior: float | None) -> None:
 
 
 def _unet(encoder: str, **kwargs: Any) -> Any:
-    import segmentation_models_pytorch_3d as smp
-
+    smp = _import_smp()
     prior = kwargs.pop("prior", PRIOR)
     strides = tuple(tuple(int(v) for v in s) for s in kwargs.pop("strides", ANISO_STRIDES))
     model = smp.Unet(strides=strides, **_options(encoder, kwargs))
@@ -82,7 +92,7 @@ def _unet(encoder: str, **kwargs: Any) -> Any:
 
 
 def _zup(arch: str, encoder: str, **kwargs: Any) -> Any:
-    import segmentation_models_pytorch_3d as smp
+    smp = _import_smp()
     from cmbbench_baselines.smp_net import ZUpsampled
 
     prior = kwargs.pop("prior", PRIOR)
@@ -113,8 +123,7 @@ def smp_linknet_r18(**kwargs: Any) -> Any:
 
 @register_model("smp_fpn_r18", description="smp-3d FPN, ResNet-18 encoder (scratch)", **_ISO_KW)
 def smp_fpn_r18(**kwargs: Any) -> Any:
-    import segmentation_models_pytorch_3d as smp
-
+    smp = _import_smp()
     prior = kwargs.pop("prior", PRIOR)
     model = smp.FPN(**_options("resnet18", kwargs))
     _init_prior(model, prior)

@@ -11,7 +11,8 @@ strides from the spacing:
 * the U-Nets keep z at full resolution in the first and the last stage
   (``strides=ANISO_STRIDES``): sizes must be multiples of 32 in x, y and of 8 in z
   (``divisor=(32, 32, 8)``, checked up front by the engine), and the training patch is
-  32×32×16 voxels (32×32×48 mm, the reference U-Net's 16 slices);
+  32×32×16 voxels (32×32×48 mm, the reference U-Net's 16 slices); they also keep the
+  seed's sampling (90 % of patches centred on CMBs, see ``SMP_UNET_RECIPE``);
 * LinkNet takes no ``strides``: it runs on the input resampled 2× along z
   (:class:`~cmbbench_baselines.smp_net.ZUpsampled`), so its first stride-2 stage only undoes
   the resampling (``divisor=(32, 32, 16)``, same patch);
@@ -44,7 +45,15 @@ ANISO_STRIDES: tuple[tuple[int, int, int], ...] = (
     (2, 2, 1),
 )
 SMP_RECIPE: dict[str, Any] = {"patch_size": (32, 32, 16)}
-_UNET_KW = {"kind": "network", "divisor": (32, 32, 8), "recipe": SMP_RECIPE}
+# The U-Nets sample like the seed (90 % of patches on CMBs): with the quick preset's 35 % on
+# CMBs and 35 % on look-alikes their training loss was still ≈0.95 after 800 steps (F1 0);
+# with 90 % / 5 % it reached 0.82 after 400 steps (validation F1 0.23, 10 scans)
+SMP_UNET_RECIPE: dict[str, Any] = {
+    **SMP_RECIPE,
+    "cmb_fraction": 0.9,
+    "hard_negative_fraction": 0.05,
+}
+_UNET_KW = {"kind": "network", "divisor": (32, 32, 8), "recipe": SMP_UNET_RECIPE}
 _ZUP_KW = {"kind": "network", "divisor": (32, 32, 16), "recipe": SMP_RECIPE}
 _ISO_KW = {"kind": "network", "divisor": 32, "recipe": {"patch_size": (32, 32, 32)}}
 

@@ -57,10 +57,6 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return sorted({round(i * span / (n - 1)) for i in range(n)})
 
 
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def _probabilities(logits: torch.Tensor, label: str) -> torch.Tensor:
     import torch
 

@@ -46,6 +46,12 @@ def divisor_triple(
     return (int(values[0]), int(values[1]), int(values[2]))
 
 
+def compact_divisor(divisor: Divisor | Sequence[int], *, name: str = "model") -> Divisor:
+    """``divisor`` validated, as one int when it is the same on every axis, else (x, y, z)."""
+    d = divisor_triple(divisor, name=name)
+    return d[0] if d[0] == d[1] == d[2] else d
+
+
 def round_up_to_divisor(shape: Sequence[int], divisor: Divisor) -> tuple[int, int, int]:
     """The smallest sizes >= ``shape`` (voxels, 3 axes) that are multiples of ``divisor``."""
     d = divisor_triple(divisor)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from cmbbench.errors import CmbbenchError, UnknownNameError
-from cmbbench.models.detector import Divisor, divisor_triple
+from cmbbench.models.detector import Divisor, compact_divisor
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def _add(
         raise CmbbenchError(
             f"model {name!r}: kind must be 'auto', 'network' or 'detector', got {kind!r}"
         )
-    triple = divisor_triple(divisor, name=f"model {name!r}")  # raises when malformed
-    divisor = triple[0] if triple[0] == triple[1] == triple[2] else triple
+    divisor = compact_divisor(divisor, name=f"model {name!r}")  # raises when malformed
     old = _REGISTRY.get(name)
     if old is not None and _qualname(old.factory) != _qualname(factory):
         raise CmbbenchError(
@@ -414,8 +413,7 @@ def build_model(name: str, **kwargs: Any) -> BuiltModel:
             f"({type(result).__name__})"
         )
     if "divisor" in overrides:  # the factory decides (e.g. from its strides)
-        d = divisor_triple(overrides["divisor"], name=f"model {name!r}")
-        divisor: Divisor = d[0] if d[0] == d[1] == d[2] else d
+        divisor = compact_divisor(overrides["divisor"], name=f"model {name!r}")
         if divisor != info.divisor:
             info = dataclasses.replace(info, divisor=divisor)
     return BuiltModel(

@@ -108,8 +108,8 @@ def _zup(arch: str, encoder: str, **kwargs: Any) -> Any:
 
     prior = kwargs.pop("prior", PRIOR)
     z_factor = int(kwargs.pop("z_factor", 2))
-    if 32 % z_factor:
-        raise ValueError(f"z_factor must divide 32, got {z_factor}")
+    if z_factor < 1 or 32 % z_factor:
+        raise ValueError(f"z_factor must be a positive divisor of 32, got {z_factor}")
     model = getattr(smp, arch)(**_options(encoder, kwargs))
     _init_prior(model, prior)
     return ZUpsampled(model, z_factor), {"divisor": (32, 32, 32 // z_factor)}

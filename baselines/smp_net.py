@@ -11,7 +11,7 @@ class ZUpsampled(nn.Module):
     """Run ``net`` on the input resampled ``factor``× along z (the third axis), and average
     its logits back to the input grid.
 
-    For networks with isotropic stride-2 stages and no ``strides`` option (smp's FPN): on
+    For networks with isotropic stride-2 stages and no ``strides`` option (smp's LinkNet): on
     thick-slice data (≈3 mm slices, 1 mm in-plane) their first stride-2 stage would merge the
     one or two slices a CMB occupies. Input ``(B, C, X, Y, Z)`` → ``net`` on
     ``(B, C, X, Y, factor·Z)`` (linear interpolation) → logits average-pooled over each group

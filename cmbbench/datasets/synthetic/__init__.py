@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cmbbench.datasets.synthetic.contrast import list_protocols
 from cmbbench.datasets.synthetic.dataset import INFO, compute_splits, export_tree, synthetic
-from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS
+from cmbbench.datasets.synthetic.presets import DATASET_VERSION, GENERATOR_VERSION, PRESETS
 from cmbbench.datasets.synthetic.subjects import SubjectSpec
 
 
@@ -20,6 +20,7 @@ def generate_subject(spec: SubjectSpec):
 
 
 __all__ = [
+    "DATASET_VERSION",
     "GENERATOR_VERSION",
     "INFO",
     "PRESETS",

@@ -31,7 +31,12 @@ from cmbbench.datasets.synthetic.cache import (
 )
 from cmbbench.datasets.synthetic.contrast import get_protocol
 from cmbbench.datasets.synthetic.lesions import LABEL_LOSS, LesionModel
-from cmbbench.datasets.synthetic.presets import GENERATOR_VERSION, PRESETS, get_preset
+from cmbbench.datasets.synthetic.presets import (
+    DATASET_VERSION,
+    GENERATOR_VERSION,
+    PRESETS,
+    get_preset,
+)
 from cmbbench.datasets.synthetic.subjects import (
     SubjectSpec,
     subject_count,
@@ -50,7 +55,7 @@ INFO = DatasetInfo(
         "calcifications, iron and air-bone drop-out as unlabelled mimics; six acquisition "
         "protocols; generated locally and cached (presets: default, quick, tiny)"
     ),
-    version=GENERATOR_VERSION,
+    version=DATASET_VERSION,
     default_rule="overlap",
     rule_params={"min_overlap_voxels": 1},
     label_kind="instance",
@@ -98,7 +103,7 @@ def strata(specs) -> list[str]:
 
 
 def _stored_split_name(preset: str) -> str:
-    return f"splits_{preset}_v{GENERATOR_VERSION}.json"
+    return f"splits_{preset}_v{DATASET_VERSION}.json"
 
 
 def compute_splits(
@@ -106,7 +111,8 @@ def compute_splits(
 ) -> SplitDef:
     """The deterministic train/val/test split (stratified by protocol and CMB-count bin)."""
     specs = _specs(preset, n, seed, protocol, "dipole")
-    return make_splits([s.subject_id for s in specs], strata(specs), seed=seed)
+    fractions = get_preset(preset).fractions
+    return make_splits([s.subject_id for s in specs], strata(specs), seed=seed, fractions=fractions)
 
 
 def stored_splits(preset: str) -> SplitDef | None:
@@ -125,7 +131,7 @@ def write_stored_splits(folder: str | os.PathLike[str] | None = None) -> list[Pa
     for name in PRESETS:
         meta = {
             "dataset": "synthetic",
-            "version": GENERATOR_VERSION,
+            "version": DATASET_VERSION,
             "preset": name,
             "seed": 0,
             "strata": "protocol|count bin",

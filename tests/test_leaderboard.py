@@ -152,15 +152,23 @@ def records(tmp_path: Path) -> Path:
 
 def test_grouping_by_version_rule_and_track(records: Path) -> None:
     groups = group_runs(load_records([records]))
-    # v1 quick/cpu, v1 full/gpu, v2 quick/cpu
+    # the newest dataset version first (the current tables lead the page), then by track
     assert [(k.version, k.track) for k in groups] == [
+        ("2", "quick / cpu"),
         ("1", "full / gpu"),
         ("1", "quick / cpu"),
-        ("2", "quick / cpu"),
     ]
     assert (
         len(groups[next(k for k in groups if k.track == "quick / cpu" and k.version == "1")]) == 7
     )
+
+
+def test_newest_dataset_version_sorts_first() -> None:
+    from cmbbench.leaderboard.store import _newest_first
+
+    versions = ["1.0", "1.10", "dev", "1.1", "1.9", "2"]
+    # numeric parts compare as numbers, newest first; a text part sorts after the numbers
+    assert sorted(versions, key=_newest_first) == ["2", "1.10", "1.9", "1.1", "1.0", "dev"]
 
 
 def test_seeds_aggregate_into_one_row_with_significance(records: Path) -> None:

@@ -167,6 +167,31 @@ def test_splits_are_frozen_stratified_and_stable():
     assert count_bin(0) == "0"
 
 
+def test_quick_preset_v1_1_sizes_and_version():
+    from cmbbench.datasets.synthetic import DATASET_VERSION, GENERATOR_VERSION
+    from cmbbench.datasets.synthetic.dataset import INFO
+
+    # records and tables carry the dataset version; the volumes (and caches) keep the generator's
+    assert INFO.version == DATASET_VERSION == "1.1"
+    assert GENERATOR_VERSION == "1.0"
+    frozen = stored_splits("quick")
+    # 96 subjects at 70/15/15: 67.2 / 14.4 / 14.4 -> largest remainders give 67 / 15 / 14
+    assert {k: len(v) for k, v in frozen.items()} == {"train": 67, "val": 15, "test": 14}
+    # n overrides the size but keeps the preset's fractions (the per-stratum allocation gives
+    # 32 of 48 to train at 70/15/15, where v1.0's 60/20/20 gave 28)
+    assert {k: len(v) for k, v in compute_splits("quick", n=48).items()} == {
+        "train": 32,
+        "val": 8,
+        "test": 8,
+    }
+    # the default and tiny presets keep 60/20/20
+    assert {k: len(v) for k, v in stored_splits("default").items()} == {
+        "train": 72,
+        "val": 24,
+        "test": 24,
+    }
+
+
 def test_split_selection_and_split_file(tiny, tmp_path):
     _, root, _ = tiny
     test = cmbbench.load_dataset(

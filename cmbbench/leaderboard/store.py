@@ -289,16 +289,23 @@ def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[RunEntry]:
     return [load_record(p) for p in find_records(paths)]
 
 
+def _newest_first(version: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key putting later dataset versions first ("1.10" > "1.9" > "1.1"; text parts last)."""
+    return tuple((0, -int(p)) if p.isdigit() else (1, p) for p in str(version).split("."))
+
+
 def group_runs(entries: Iterable[RunEntry]) -> dict[GroupKey, list[RunEntry]]:
     """Runs grouped by table (dataset + version + split, rule + parameters, track), tables
-    and runs inside them in a deterministic order. Two records of the same model, recipe,
+    and runs inside them in a deterministic order: by dataset, its newest version first, then
+    split, rule and track. Two records of the same model, recipe,
     hardware and seed in one table are an :class:`InputError` (a run counted twice)."""
     groups: dict[GroupKey, list[RunEntry]] = {}
     for e in entries:
         groups.setdefault(e.group_key, []).append(e)
     out: dict[GroupKey, list[RunEntry]] = {}
     for key in sorted(
-        groups, key=lambda k: (k.dataset, k.version, k.split, k.rule, k.params, k.track)
+        groups,
+        key=lambda k: (k.dataset, _newest_first(k.version), k.split, k.rule, k.params, k.track),
     ):
         runs = sorted(groups[key], key=lambda e: (e.row_key, e.seed, e.path.as_posix()))
         seen: dict[tuple[Any, ...], Path] = {}

@@ -175,7 +175,7 @@ def test_quick_preset_v1_1_sizes_and_version():
     assert INFO.version == DATASET_VERSION == "1.1"
     assert GENERATOR_VERSION == "1.0"
     frozen = stored_splits("quick")
-    # 96 subjects at 70/15/15: 67.2 / 14.4 / 14.4 -> largest remainders give 67 / 15 / 14
+    # 96 subjects at 70/15/15 = 67.2 / 14.4 / 14.4; the per-stratum allocation gives 67 / 15 / 14
     assert {k: len(v) for k, v in frozen.items()} == {"train": 67, "val": 15, "test": 14}
     # n overrides the size but keeps the preset's fractions (the per-stratum allocation gives
     # 32 of 48 to train at 70/15/15, where v1.0's 60/20/20 gave 28)

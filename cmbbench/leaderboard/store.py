@@ -297,8 +297,8 @@ def _newest_first(version: str) -> tuple[tuple[int, Any], ...]:
 def group_runs(entries: Iterable[RunEntry]) -> dict[GroupKey, list[RunEntry]]:
     """Runs grouped by table (dataset + version + split, rule + parameters, track), tables
     and runs inside them in a deterministic order: by dataset, its newest version first, then
-    split, rule and track. Two records of the same model, recipe,
-    hardware and seed in one table are an :class:`InputError` (a run counted twice)."""
+    split, rule and track. Two records of the same model, recipe, hardware and seed in one
+    table are an :class:`InputError` (a run counted twice)."""
     groups: dict[GroupKey, list[RunEntry]] = {}
     for e in entries:
         groups.setdefault(e.group_key, []).append(e)

@@ -21,14 +21,10 @@ from torch import nn
 from cmbbench.cases import Case
 from cmbbench.engine.distributed import DistContext, all_reduce_sum, gather_objects, shard
 from cmbbench.engine.recipe import Recipe
-from cmbbench.models.detector import Divisor, divisor_triple
+from cmbbench.models.detector import Divisor, round_up_to_divisor
 from cmbbench.scoring.records import CaseResult
 
 Normalizer = Callable[[np.ndarray], np.ndarray]
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def inference_window(
@@ -37,10 +33,9 @@ def inference_window(
     """The sliding window for an image of ``shape`` (voxels): the recipe's window, shrunk
     along axes where the image (rounded up to ``divisor``, one int or one per axis) is
     smaller."""
-    return tuple(  # type: ignore[return-value]
-        min(_round_up(int(p), k), _round_up(int(s), k))
-        for p, s, k in zip(recipe.infer_patch_size, shape, divisor_triple(divisor), strict=True)
-    )
+    window = round_up_to_divisor(recipe.infer_patch_size, divisor)
+    image = round_up_to_divisor(shape, divisor)
+    return tuple(min(w, i) for w, i in zip(window, image, strict=True))  # type: ignore[return-value]
 
 
 def predict_probability(

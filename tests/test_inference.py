@@ -121,3 +121,30 @@ def test_batching_and_progress_and_mode_restored():
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert calls[-1] == (27, 27) and len(calls) == 6  # 3³ windows, batches of 5
     assert model.training
+
+
+def test_channels_last_layout_changes_no_value():
+    # On the CPU the engine runs 3-D networks channels-last (engine.layout): only the memory
+    # layout may change. A small conv net with batch norm (eval mode, float32) must give the
+    # same probabilities as with the default layout, and its weights keep their values.
+    from cmbbench.engine.layout import channels_last_input, to_channels_last
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm3d(4),
+        torch.nn.ELU(),
+        torch.nn.Conv3d(4, 2, 1),
+    ).eval()
+    img = np.random.default_rng(1).normal(size=(20, 18, 12)).astype(np.float32)
+    x = torch.from_numpy(img)[None, None]
+    with torch.no_grad():
+        reference = torch.softmax(net(x), 1)[0, 1].numpy()
+    weights = net[0].weight.detach().clone()
+    out = sliding_window_predict(net, img, patch_size=None, divisor=1)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(net[0].weight.detach(), weights, rtol=0, atol=0)
+    np.testing.assert_allclose(out, reference, rtol=0, atol=1e-5)
+    # not a module / not a CPU tensor: nothing happens
+    assert to_channels_last(len, "cpu") is len
+    assert channels_last_input(x, "cuda") is x

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.errors import CmbbenchError
 from cmbbench.models.detector import Divisor, ModelShapeError, divisor_triple, round_up_to_divisor
 
@@ -98,6 +99,8 @@ def sliding_window_predict(
     through the model at a time. The model's output (logits) is turned into a probability
     with softmax (2 channels, class 1) or sigmoid (1 channel). ``amp``: autocast (float16 on
     CUDA, bfloat16 on CPU). ``progress(done, total)`` is called after every batch.
+    On the CPU the model's weights are put channels-last (:mod:`cmbbench.engine.layout`;
+    values unchanged).
     The model is run in eval mode under ``torch.inference_mode`` and its mode restored.
     """
     import torch
@@ -151,6 +154,7 @@ def sliding_window_predict(
         amp_ctx = torch.autocast(device_type=dev.type, enabled=False)
     was_training = getattr(model, "training", False)
     model.eval()
+    to_channels_last(model, dev)
     try:
         with torch.inference_mode(), amp_ctx:
             for i in range(0, len(corners), batch_size):
@@ -158,7 +162,7 @@ def sliding_window_predict(
                 x = torch.stack(
                     [vol[a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in chunk]
                 )[:, None]
-                out = model(x)
+                out = model(channels_last_input(x, dev))
                 if not isinstance(out, torch.Tensor):
                     raise ModelShapeError(
                         f"model {label!r} must return one tensor (B, C, X, Y, Z), got "

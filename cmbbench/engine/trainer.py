@@ -36,6 +36,7 @@ from cmbbench.engine.distributed import (
     unwrap_model,
     wrap_model,
 )
+from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, make_loader
 from cmbbench.engine.progress import PhaseTracker, ProgressFn
@@ -179,7 +180,7 @@ def train(
     ctx = dist_ctx or DistContext(device=device)
     ckpt_dir = Path(out_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
-    model.to(device)
+    to_channels_last(model.to(device), device)
     optimizer = make_optimizer(model, recipe)
     amp_dtype = autocast_dtype(recipe, device)
     use_amp = amp_dtype is not None
@@ -253,7 +254,7 @@ def train(
 
     for batch in loader:
         step = int(batch["step"])
-        image = batch["image"].to(device, non_blocking=True)
+        image = channels_last_input(batch["image"].to(device, non_blocking=True), device)
         target = batch["label"].to(device, non_blocking=True)
         valid = batch["valid"].to(device, non_blocking=True)
         for group in optimizer.param_groups:

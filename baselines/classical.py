@@ -384,6 +384,13 @@ class ClassicalDetector:
         """The detector's settings (JSON-able), e.g. for a run record."""
         return {**asdict(self.params), "fit": self.fit_summary}
 
+    def load_config(self, fitted: Mapping[str, Any]) -> None:
+        """Take back settings written by :meth:`config` (a run record's ``training.fitted``),
+        so that ``cmbbench predict`` runs a fitted detector without fitting it again."""
+        values = {k: v for k, v in fitted.items() if k != "fit"}
+        self.params = params_from_dict(values)
+        self.fit_summary = dict(fitted.get("fit") or {})
+
     def fit(self, train: Sequence[Case], val: Sequence[Case], config: Mapping[str, Any]) -> None:
         """Fit ``threshold``, ``min_roundness``, ``min_contrast``, ``min_diameter_mm`` and
         ``max_diameter_mm`` for the best pooled lesion-level F1 on ``train`` (``val`` is
@@ -502,10 +509,16 @@ class ClassicalDetector:
 )
 def classical_log(**params: Any) -> ClassicalDetector:
     """Build the classical detector; keyword arguments override :class:`ClassicalParams`."""
-    known = {f for f in ClassicalParams.__dataclass_fields__}
+    return ClassicalDetector(params_from_dict(params))
+
+
+def params_from_dict(params: Mapping[str, Any]) -> ClassicalParams:
+    """:class:`ClassicalParams` from keyword values (unknown names are an error)."""
+    known = set(ClassicalParams.__dataclass_fields__)
     unknown = sorted(set(params) - known)
     if unknown:
         raise InputError(f"classical_log: unknown parameters {unknown}; known: {sorted(known)}")
-    if "sigmas_mm" in params:
-        params["sigmas_mm"] = tuple(float(s) for s in params["sigmas_mm"])
-    return ClassicalDetector(ClassicalParams(**params))
+    values = dict(params)
+    if "sigmas_mm" in values:
+        values["sigmas_mm"] = tuple(float(s) for s in values["sigmas_mm"])
+    return ClassicalParams(**values)

@@ -155,6 +155,56 @@ def test_predict_keeps_affine_and_shape(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_runs_a_fitted_detector(plugin, tmp_path):
+    # A classical_log run stores its fitted thresholds in the record (training.fitted);
+    # predict_folder rebuilds the detector from them and must write, for each test image,
+    # exactly the map the run scored (no refit), in the image's own space.
+    from cmbbench.engine.predict import predict_folder
+    from cmbbench.engine.run import run
+    from cmbbench.io import load_nifti, save_nifti
+    from cmbbench.models.registry import build_model
+
+    cube_case = plugin.cube_case
+    out = tmp_path / "clog"
+    record = run("classical_log", "engine-cubes", preset="tiny", device="cpu", out=out,
+                 n_bootstrap=20)  # fmt: skip
+    fitted = record.training["fitted"]
+    images = tmp_path / "images"
+    for idx in (20, 21):
+        case = cube_case(idx)
+        save_nifti(images / f"{case.case_id}.nii.gz", case.image, case.affine)
+    written = predict_folder(out, images, tmp_path / "pred", device="cpu")
+    refit = build_model("classical_log").model
+    refit.load_config(fitted)
+    assert refit.params.threshold == fitted["threshold"]
+    for path, idx in zip(written, (20, 21), strict=True):
+        prob, affine, _ = load_nifti(path)
+        case = cube_case(idx)
+        np.testing.assert_allclose(affine, case.affine, atol=1e-6)
+        np.testing.assert_array_equal(prob, refit.predict(case).prob)
+        assert prob[case.label > 0].max() > 0.5  # its dark cubes are found
+    pp = predict_folder(out, images, tmp_path / "pp", device="cpu", output="postprocessed")
+    kept = load_nifti(pp[0])[0]
+    assert (kept[kept > 0] >= 0.5).all()
+
+
+def test_predict_refuses_a_detector_without_load_config(plugin, tmp_path):
+    from cmbbench.engine.predict import predict_folder
+    from cmbbench.engine.run import run
+
+    out = tmp_path / "det"
+    run("engine_dark", "engine-cubes", preset="tiny", device="cpu", out=out,
+        n_bootstrap=20)  # fmt: skip
+    images = tmp_path / "images"
+    from cmbbench.io import save_nifti
+
+    case = plugin.cube_case(20)
+    save_nifti(images / "a.nii.gz", case.image, case.affine)
+    with pytest.raises(CmbbenchError, match="cannot be restored from its record"):
+        predict_folder(out, images, tmp_path / "pred", device="cpu")
+
+
+@pytest.mark.slow
 def test_resume_refuses_corrupted_checkpoint(tiny_run, tmp_path):
     import shutil
 

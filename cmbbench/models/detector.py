@@ -132,7 +132,9 @@ class Detector(Protocol):
     ``config`` holds the run's recipe and options (seed, device, output folder, ...);
     detectors use what they need. Networks need not implement this: the shared engine trains
     and runs any ``nn.Module`` itself. Optionally, ``config()`` returns the fitted settings
-    as a JSON-able dict; the engine stores it in the run record (``training.fitted``).
+    as a JSON-able dict; the engine stores it in the run record (``training.fitted``), and an
+    optional ``load_config(fitted)`` takes it back, which lets ``cmbbench predict`` run the
+    fitted detector of a finished run on new images.
     """
 
     def fit(self, train: Sequence[Case], val: Sequence[Case], config: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -20,7 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
+# Written to a file or a pipe (a batch job's log), rich would fall back to 80 columns and
+# squeeze the progress bars to "96/… 0:00… ETA 0:0…"; $COLUMNS still wins when set.
+_LOG_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+console = Console(width=_LOG_WIDTH)
 err_console = Console(stderr=True)
 
 

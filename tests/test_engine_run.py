@@ -204,6 +204,59 @@ def test_predict_refuses_a_detector_without_load_config(plugin, tmp_path):
         predict_folder(out, images, tmp_path / "pred", device="cpu")
 
 
+def _counts(cases):
+    return [(c.case_id, c.tp, c.fp, c.fn) for c in cases]
+
+
+@pytest.mark.slow
+def test_evaluate_run_reproduces_the_runs_own_test_scores(tiny_run, tmp_path):
+    # evaluate_run predicts with the run's best weights and tuned post-processing and scores
+    # with the dataset's rule: on the run's own test split it must give the record's per-case
+    # counts exactly; on another split it scores those cases instead.
+    from cmbbench.engine.predict import evaluate_run
+    from cmbbench.scoring.records import load_results, save_results
+
+    out, record, _ = tiny_run
+    report = evaluate_run(out, "engine-cubes", split="test", device="cpu", n_bootstrap=20)
+    assert _counts(report.cases) == _counts(record.cases)
+    assert report.rule == record.rule and report.info["model"] == "engine_tiny"
+    assert report.info["postprocess"]["threshold"] == record.postprocess["threshold"]
+    val = evaluate_run(out, "engine-cubes", split="val", device="cpu", n_bootstrap=20)
+    assert [c.case_id for c in val.cases] == ["cube10", "cube11"]
+    everything = evaluate_run(out, "engine-cubes", split=None, device="cpu", n_bootstrap=20)
+    assert len(everything.cases) == 9
+    back = load_results(save_results(report, tmp_path / "r.json"))
+    assert _counts(back.cases) == _counts(report.cases)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_scores_a_detector_run_and_compares(plugin, tmp_path):
+    # the same through the CLI for a classical_log run, then `cmbbench compare` on the result
+    from cmbbench.engine.run import run
+
+    out = tmp_path / "clog"
+    record = run("classical_log", "engine-cubes", preset="tiny", device="cpu", out=out,
+                 n_bootstrap=20)  # fmt: skip
+    runner = CliRunner()
+    res_json = tmp_path / "eval.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model-dir", str(out), "--dataset", "engine-cubes", "--plugin", PLUGIN,
+         "--out", str(res_json), "--bootstrap", "20", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "TP / FP / FN" in result.output
+    from cmbbench.scoring.records import load_results
+
+    assert _counts(load_results(res_json).cases) == _counts(record.cases)
+    result = runner.invoke(app, ["compare", str(out / "record.json"), str(res_json)])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(
+        app, ["evaluate", "--model-dir", str(out), "--dataset", "no-such-set", "--no-progress"]
+    )
+    assert bad.exit_code == 1 and "no-such-set" in bad.output
+
+
 @pytest.mark.slow
 def test_resume_refuses_corrupted_checkpoint(tiny_run, tmp_path):
     import shutil

@@ -1,8 +1,8 @@
-"""`cmbbench run` and `cmbbench predict` (registered on the shared app).
+"""`cmbbench run`, `cmbbench predict` and `cmbbench evaluate` (registered on the shared app).
 
-Thin: options are parsed here, everything else is :func:`cmbbench.engine.run.run` and
-:func:`cmbbench.engine.predict.predict_folder`. Long phases get rich progress bars with an
-ETA. Heavy modules (torch) are imported inside the commands, so ``cmbbench --help`` stays fast.
+Thin: options are parsed here, everything else is :func:`cmbbench.engine.run.run`,
+:func:`cmbbench.engine.predict.predict_folder` and :func:`cmbbench.engine.predict.evaluate_run`.
+Long phases get rich progress bars with an ETA. Heavy modules (torch) are imported inside the commands, so ``cmbbench --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -277,3 +277,85 @@ def predict_command(
     except CmbbenchError as err:
         raise fail(str(err)) from None
     console.print(f"wrote {len(written)} probability maps to [bold]{out}[/]")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model_dir: Annotated[
+        Path, typer.Option("--model-dir", help="A run directory written by `cmbbench run`.")
+    ],
+    dataset: Annotated[str, typer.Option(help="Registered dataset name.")] = "synthetic",
+    root: Annotated[
+        Path | None, typer.Option(help="Dataset folder (datasets that need one).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="train | val | test | all (every case of the dataset).")
+    ] = "test",
+    dataset_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset-option",
+            help="Dataset option key=value (repeatable), e.g. --dataset-option seed=1.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write cases + metrics as JSON here.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin", help="Module or .py file registering the run's model (repeatable)."
+        ),
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
+    ] = False,
+) -> None:
+    """Score a finished run's model (its weights and tuned post-processing) on another dataset or split."""
+    _passive_openmp()
+    from cmbbench.engine.recipe import parse_set_options
+
+    try:
+        _load_plugins(plugin)
+        from cmbbench.engine.predict import evaluate_run
+        from cmbbench.scoring.records import save_results
+        from cmbbench.scoring.summary import summary_rows
+
+        options: dict[str, Any] = dict(parse_set_options(list(dataset_option or [])))
+        with rich_progress(not no_progress) as progress:
+            report = evaluate_run(
+                model_dir,
+                dataset,
+                root=None if root is None else str(root),
+                split=None if split == "all" else split,
+                dataset_options=options or None,
+                device=device,
+                n_bootstrap=bootstrap,
+                progress=progress,
+            )
+        if out is not None:
+            save_results(report, out)
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot write {out}: {err.strerror or err}") from None
+    from rich.table import Table
+
+    c = report.cases
+    table = Table(
+        title=f"{report.info['model']} ({model_dir.name}) on {dataset}, split {split} "
+        f"({len(c)} cases, rule {report.rule})"
+    )
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    table.add_row(
+        "TP / FP / FN",
+        f"{sum(x.tp for x in c)} / {sum(x.fp for x in c)} / {sum(x.fn for x in c)}",
+    )
+    for label, value in summary_rows(report.metrics):
+        table.add_row(label, value)
+    console.print(table)
+    if out is not None:
+        console.print(f"results written to [bold]{out}[/]")

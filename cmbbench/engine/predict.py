@@ -1,12 +1,16 @@
-"""``predict_folder``: run a finished run's model on a folder of NIfTI images.
+"""Run a finished run's model on new data: a folder of images, or a whole dataset scored.
 
-Each input ``<name>.nii[.gz]`` gives ``out_dir/<name>.nii.gz``: a float32 CMB probability map
+:func:`predict_folder`: each input ``<name>.nii[.gz]`` gives ``out_dir/<name>.nii.gz``: a float32 CMB probability map
 in the input's own voxel grid and world space (same shape, same affine), so the folder can
 be scored by ``cmbbench score`` or any external tool. For a network, the model, its recipe
 (normalisation, inference window, overlap) and its tuned post-processing are read from the
 run's record, the weights from its best checkpoint. A detector is rebuilt and given its
 fitted settings back (``training.fitted`` in the record) through its optional
 ``load_config(fitted)`` method (see :class:`cmbbench.models.detector.Detector`).
+
+:func:`evaluate_run`: the same model, with the run's tuned post-processing, on any split of
+any dataset, scored with that dataset's rule: how a model trained on one set does on another
+(more subjects of the synthetic set, or real data such as VALDO).
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from cmbbench.cases import Case, CaseData
 from cmbbench.engine.progress import PhaseTracker, ProgressFn
-from cmbbench.engine.record import load_run_record
+from cmbbench.engine.record import RunRecord, load_run_record
 from cmbbench.errors import CmbbenchError, InputError, UnknownNameError
 from cmbbench.io import NIFTI_SUFFIXES, load_nifti, save_nifti, strip_nifti_suffix
 from cmbbench.models.detector import divisor_triple
+
+if TYPE_CHECKING:
+    from cmbbench.scoring.records import ScoreReport
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +72,7 @@ def predict_folder(
     """
     if output not in ("prob", "postprocessed"):
         raise CmbbenchError(f"output must be 'prob' or 'postprocessed', got {output!r}")
-    run_dir = Path(model_dir)
-    record = load_run_record(run_dir)
-    kind = record.model.get("kind")
-    if kind == "network":
-        predict_one = _network_predictor(run_dir, record, device, output)
-    elif kind == "detector":
-        predict_one = _detector_predictor(run_dir, record, output)
-    else:
-        raise CmbbenchError(f"run {run_dir}: unknown model kind {kind!r} in its record")
-
+    predict_one = run_predictor(model_dir, device=device, postprocessed=output == "postprocessed")
     files = list_nifti(data_dir)
     out = Path(out_dir)
     tracker = PhaseTracker(progress, "infer", len(files), f"predicting {len(files)} images")
@@ -81,19 +80,118 @@ def predict_folder(
     for i, path in enumerate(files):
         case_id = strip_nifti_suffix(path.name) or path.name
         image, affine, _header = load_nifti(path, case=case_id)
+        image = np.asarray(image, np.float32)
+        case = Case(case_id, affine, tuple(image.shape), "none", lambda im=image: CaseData(im))
         t0 = time.perf_counter()
-        prob = predict_one(case_id, np.asarray(image, np.float32), affine)
+        prob, _threshold, scores = predict_one(case)
+        if scores is not None:
+            raise CmbbenchError(
+                f"image {case_id!r}: the model predicts points, which cannot be written as a "
+                "NIfTI map"
+            )
         logger.info("%s: %.1f s", case_id, time.perf_counter() - t0)
         written.append(save_nifti(out / f"{case_id}.nii.gz", prob.astype(np.float32), affine))
         tracker.emit(i + 1)
     return written
 
 
-# (case id, image float32 (X, Y, Z), affine) -> the map to write, float32 (X, Y, Z)
-_Predictor = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+def evaluate_run(
+    model_dir: str | os.PathLike[str],
+    dataset: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    split: str | None = "test",
+    dataset_options: dict[str, Any] | None = None,
+    device: str = "auto",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ScoreReport:
+    """Score the model of a finished run on ``split`` of ``dataset`` (``None``: every case).
+
+    Each case is predicted exactly as the run predicted its own test split (same weights,
+    recipe, tuned post-processing, or the detector's fitted settings) and scored with the
+    dataset's default rule, ignore regions and label kind; the report (per-case results and
+    aggregate metrics with ``n_bootstrap`` case-bootstrap CIs, seed ``seed``) can be saved
+    with :func:`cmbbench.scoring.records.save_results` and compared with ``cmbbench compare``.
+    ``dataset_options`` go to ``load_dataset`` (e.g. ``{"preset": "quick", "seed": 1, "n": 40}``
+    for 40 synthetic subjects the run never saw).
+    """
+    from cmbbench import __version__
+    from cmbbench.datasets.registry import dataset_info, load_dataset
+    from cmbbench.engine.distributed import DistContext
+    from cmbbench.engine.run import resolve_device, score_cases
+    from cmbbench.scoring.metrics import aggregate
+    from cmbbench.scoring.records import ScoreReport
+
+    run_dir = Path(model_dir)
+    record = load_run_record(run_dir)
+    info = dataset_info(dataset)
+    predict_one = run_predictor(run_dir, device=device, postprocessed=True, record=record)
+    root_s = None if root is None else str(root)
+    cases = list(load_dataset(dataset, root=root_s, split=split, **dict(dataset_options or {})))
+    if not cases:
+        raise CmbbenchError(f"dataset {dataset!r}: split {split!r} holds no case")
+    rule, rule_params = info.default_rule, dict(info.rule_params)
+    results, infer_s, _score_s = score_cases(
+        predict_one,
+        cases,
+        ctx=DistContext(device=resolve_device(device)),
+        rule=rule,
+        rule_params=rule_params,
+        progress=progress,
+    )
+    return ScoreReport(
+        cases=results,
+        metrics=aggregate(results, n_bootstrap=n_bootstrap, seed=seed),
+        rule=rule,
+        params=dict(results[0].params),
+        info={
+            "run": run_dir.name,
+            "model": record.model.get("name"),
+            "trained_on": record.dataset,
+            "dataset": {
+                "name": info.name,
+                "split": split,
+                "options": dict(dataset_options or {}),
+                "root": root_s,
+                "n_cases": len(cases),
+            },
+            "postprocess": record.postprocess,
+            "inference_seconds_per_case": infer_s / len(cases),
+        },
+        cmbbench_version=__version__,
+    )
 
 
-def _build(record, run_dir: Path):
+# a case -> (map (X, Y, Z) float32, or world-mm points (N, 3); operating threshold; point scores)
+Predictor = Callable[[Case], tuple[np.ndarray, float, np.ndarray | None]]
+
+
+def run_predictor(
+    model_dir: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    postprocessed: bool = True,
+    record: RunRecord | None = None,
+) -> Predictor:
+    """The model of a finished run as a function of a :class:`~cmbbench.cases.Case`.
+
+    It returns what the run's own scoring used: the probability map (post-processed with the
+    run's tuned threshold and minimum size when ``postprocessed``), the operating threshold,
+    and point scores for a points detector (else ``None``).
+    """
+    run_dir = Path(model_dir)
+    record = record or load_run_record(run_dir)
+    kind = record.model.get("kind")
+    if kind == "network":
+        return _network_predictor(run_dir, record, device, postprocessed)
+    if kind == "detector":
+        return _detector_predictor(run_dir, record, postprocessed)
+    raise CmbbenchError(f"run {run_dir}: unknown model kind {kind!r} in its record")
+
+
+def _build(record: RunRecord, run_dir: Path):
     from cmbbench.models.registry import build_model
 
     name = str(record.model["name"])
@@ -106,7 +204,9 @@ def _build(record, run_dir: Path):
         ) from None
 
 
-def _network_predictor(run_dir: Path, record, device: str, output: OutputKind) -> _Predictor:
+def _network_predictor(
+    run_dir: Path, record: RunRecord, device: str, postprocessed: bool
+) -> Predictor:
     import torch
 
     from cmbbench.engine.checkpoint import load_checkpoint
@@ -132,7 +232,7 @@ def _network_predictor(run_dir: Path, record, device: str, output: OutputKind) -
     net.to(dev).eval()
     normalize = normalizer(recipe.normalize)
     pp = None
-    if output == "postprocessed":
+    if postprocessed:
         try:
             pp = PostprocessParams(
                 threshold=float(record.postprocess["threshold"]),
@@ -146,19 +246,22 @@ def _network_predictor(run_dir: Path, record, device: str, output: OutputKind) -
     stored = record.model.get("divisor")
     divisor = divisor_triple(stored if stored else built.info.divisor, name=f"model {name!r}")
 
-    def predict_one(case_id: str, image: np.ndarray, affine: np.ndarray):
-        norm = np.asarray(normalize(image), np.float32)
+    def predict_one(case: Case):
+        norm = np.asarray(normalize(np.asarray(case.image, np.float32)), np.float32)
         with torch.no_grad():
             prob = predict_probability(net, norm, recipe, device=dev, divisor=divisor, name=name)
         if pp is None:
-            return prob
-        return clean_probability(prob, pp.threshold, pp.min_size, pp.connectivity)
+            return prob, 0.5, None
+        return (
+            clean_probability(prob, pp.threshold, pp.min_size, pp.connectivity),
+            pp.threshold,
+            None,
+        )
 
     return predict_one
 
 
-def _detector_predictor(run_dir: Path, record, output: OutputKind) -> _Predictor:
-    from cmbbench.cases import Case, CaseData
+def _detector_predictor(run_dir: Path, record: RunRecord, postprocessed: bool) -> Predictor:
     from cmbbench.engine.postprocess import clean_probability
     from cmbbench.models.detector import Prediction
 
@@ -173,22 +276,24 @@ def _detector_predictor(run_dir: Path, record, output: OutputKind) -> _Predictor
         )
     restore(fitted)
 
-    def predict_one(case_id: str, image: np.ndarray, affine: np.ndarray):
-        case = Case(case_id, affine, tuple(image.shape), "none", lambda: CaseData(image))
+    def predict_one(case: Case):
         pred = det.predict(case)
-        if not isinstance(pred, Prediction) or pred.kind == "points":
+        if not isinstance(pred, Prediction):
             raise CmbbenchError(
-                f"detector {built.name!r}, image {case_id!r}: predict() must return a Prediction "
-                "with a probability map or mask to be written as NIfTI"
+                f"model {built.name!r}: predict() returned {type(pred).__name__}, expected a "
+                "Prediction"
             )
-        prob = np.asarray(pred.array, np.float32)
-        if prob.shape != image.shape:
+        threshold = float((pred.meta or {}).get("threshold", 0.5))
+        if pred.kind == "points":
+            return pred.array, threshold, pred.scores
+        out = np.asarray(pred.array)
+        if out.shape != tuple(case.shape):
             raise CmbbenchError(
-                f"detector {built.name!r}, image {case_id!r}: prediction shape {prob.shape} "
-                f"does not match the image {image.shape}"
+                f"detector {built.name!r}, case {case.case_id!r}: prediction shape {out.shape} "
+                f"does not match the image {tuple(case.shape)}"
             )
-        if output != "postprocessed":
-            return prob
-        return clean_probability(prob, float((pred.meta or {}).get("threshold", 0.5)), 1)
+        if postprocessed and pred.kind == "prob":  # the components the run's scoring counted
+            out = clean_probability(out, threshold, 1)
+        return out, threshold, None
 
     return predict_one

@@ -334,7 +334,7 @@ def run(
     return load_run_record(run_dir / RECORD_NAME)
 
 
-def _score_cases(
+def score_cases(
     predict_one,
     cases: Sequence[Case],
     *,
@@ -505,7 +505,7 @@ def _run_network(
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    cases, infer_s, score_s = _score_cases(
+    cases, infer_s, score_s = score_cases(
         predict_one, list(test_ds), ctx=ctx, rule=rule, rule_params=rule_params, progress=progress
     )
     timings.update(
@@ -598,7 +598,7 @@ def _run_detector(
         threshold = float((pred.meta or {}).get("threshold", 0.5))
         return pred.array, threshold, pred.scores if pred.kind == "points" else None
 
-    cases, infer_s, score_s = _score_cases(
+    cases, infer_s, score_s = score_cases(
         predict_one, list(test_ds), ctx=ctx, rule=rule, rule_params=rule_params, progress=progress
     )
     timings.update(

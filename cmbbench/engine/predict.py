@@ -120,7 +120,7 @@ def evaluate_run(
     from cmbbench import __version__
     from cmbbench.datasets.registry import dataset_info, load_dataset
     from cmbbench.engine.distributed import DistContext
-    from cmbbench.engine.run import resolve_device, score_cases
+    from cmbbench.engine.run import generation_progress, resolve_device, score_cases
     from cmbbench.scoring.metrics import aggregate
     from cmbbench.scoring.records import ScoreReport
 
@@ -129,7 +129,10 @@ def evaluate_run(
     info = dataset_info(dataset)
     predict_one = run_predictor(run_dir, device=device, postprocessed=True, record=record)
     root_s = None if root is None else str(root)
-    cases = list(load_dataset(dataset, root=root_s, split=split, **dict(dataset_options or {})))
+    load_options = dict(dataset_options or {})
+    if dataset == "synthetic":  # subjects not in the cache yet are generated: show it
+        load_options.setdefault("progress", generation_progress(progress))
+    cases = list(load_dataset(dataset, root=root_s, split=split, **load_options))
     if not cases:
         raise CmbbenchError(f"dataset {dataset!r}: split {split!r} holds no case")
     rule, rule_params = info.default_rule, dict(info.rule_params)

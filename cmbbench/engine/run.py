@@ -160,6 +160,18 @@ def normalizer(method: str) -> Callable[[np.ndarray], np.ndarray]:
     return functools.partial(normalize_image, method=method)
 
 
+def generation_progress(progress: ProgressFn | None) -> Callable[[int, int], None]:
+    """A synthetic dataset's ``progress(done, total)`` callback drawing one "data" phase."""
+    tracker: list[PhaseTracker] = []
+
+    def generated(done: int, total: int) -> None:
+        if not tracker:
+            tracker.append(PhaseTracker(progress, "data", total, "generating synthetic data"))
+        tracker[0].emit(done)
+
+    return generated
+
+
 def run(
     model: str,
     dataset: str = "synthetic",
@@ -236,15 +248,11 @@ def run(
         # generate (or find in the cache) every subject once, in parallel, with a progress bar
         load_options.setdefault("progress", False)
         if ctx.is_main:
-            gen: dict[str, PhaseTracker] = {}
-
-            def generated(done: int, total: int) -> None:
-                if "t" not in gen:
-                    gen["t"] = PhaseTracker(progress, "data", total, "generating synthetic data")
-                gen["t"].emit(done)
-
             load_dataset(
-                dataset, root=root_s, split=None, **{**load_options, "progress": generated}
+                dataset,
+                root=root_s,
+                split=None,
+                **{**load_options, "progress": generation_progress(progress)},
             )
         barrier(ctx)
     data_tracker = PhaseTracker(progress, "data", 3, f"loading {dataset} splits")
@@ -350,7 +358,7 @@ def score_cases(
     from cmbbench.engine.evaluate import case_meta, gather_by_case
 
     mine = shard(cases, ctx)
-    tracker = PhaseTracker(progress, phase, len(mine), f"{phase} {len(cases)} test cases")
+    tracker = PhaseTracker(progress, phase, len(mine), f"{phase} {len(cases)} cases")
     results: dict[str, Any] = {}
     infer_s = score_s = 0.0
     for i, case in enumerate(mine):

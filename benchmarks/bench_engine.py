@@ -1,7 +1,7 @@
 """Engine throughput (pytest-benchmark): training overhead and sliding-window inference.
 
 (a) bare model: forward + loss + backward + optimiser step of ``unet3d`` on pre-built batches
-    (no data loading at all);
+    (no data loading at all), in the engine's memory layout (channels-last on the CPU);
 (b) the engine: :func:`cmbbench.engine.trainer.train` on the *same* batches (the same
     deterministic sampler and steps), with patch sampling in a worker process, learning-rate
     schedule, loss bookkeeping and progress. Target: (a) / (b) >= 0.90.
@@ -26,6 +26,7 @@ import torch
 
 from cmbbench.cases import Case, CaseData
 from cmbbench.engine.evaluate import predict_probability
+from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, prepare_volumes
 from cmbbench.engine.recipe import resolve_recipe
@@ -79,7 +80,7 @@ def _sync():
 def test_bare_model_step(benchmark, setup):
     recipe, sampler = setup
     batches = [sampler.batch(s) for s in range(STEPS)]
-    model = _model()
+    model = to_channels_last(_model(), DEVICE)  # the engine's layout: compare like with like
     opt = make_optimizer(model, recipe)
     crit = CmbLoss.from_recipe(recipe)
     dtype = autocast_dtype(recipe, DEVICE)
@@ -89,7 +90,7 @@ def test_bare_model_step(benchmark, setup):
         for s, b in enumerate(batches):
             for g in opt.param_groups:
                 g["lr"] = lr_at(recipe, s)
-            x = b["image"].to(DEVICE)
+            x = channels_last_input(b["image"].to(DEVICE), DEVICE)
             y, v = b["label"].to(DEVICE), b["valid"].to(DEVICE)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(

@@ -255,6 +255,8 @@ def test_evaluate_cli_scores_a_detector_run_and_compares(plugin, tmp_path):
         app, ["evaluate", "--model-dir", str(out), "--dataset", "no-such-set", "--no-progress"]
     )
     assert bad.exit_code == 1 and "no-such-set" in bad.output
+    bad = runner.invoke(app, ["evaluate", "--model-dir", str(out), "--split", "tst"])
+    assert bad.exit_code == 1 and "train, val, test or all" in bad.output
 
 
 @pytest.mark.slow

@@ -323,6 +323,8 @@ def evaluate_command(
         from cmbbench.scoring.records import save_results
         from cmbbench.scoring.summary import summary_rows
 
+        if split not in ("train", "val", "test", "all"):
+            raise fail(f"--split: expected train, val, test or all; received {split!r}")
         options: dict[str, Any] = dict(parse_set_options(list(dataset_option or [])))
         with rich_progress(not no_progress) as progress:
             report = evaluate_run(

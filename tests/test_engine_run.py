@@ -223,8 +223,12 @@ def test_evaluate_run_reproduces_the_runs_own_test_scores(tiny_run, tmp_path):
     assert report.info["postprocess"]["threshold"] == record.postprocess["threshold"]
     val = evaluate_run(out, "engine-cubes", split="val", device="cpu", n_bootstrap=20)
     assert [c.case_id for c in val.cases] == ["cube10", "cube11"]
-    everything = evaluate_run(out, "engine-cubes", split=None, device="cpu", n_bootstrap=20)
+    everything = evaluate_run(
+        out, "engine-cubes", split=None, device="cpu", n_bootstrap=20, dataset_options={"x": 1}
+    )
     assert len(everything.cases) == 9
+    # on the run's own dataset the run's dataset options are the defaults, the user's win
+    assert everything.info["dataset"]["options"] == {**record.dataset["options"], "x": 1}
     back = load_results(save_results(report, tmp_path / "r.json"))
     assert _counts(back.cases) == _counts(report.cases)
 

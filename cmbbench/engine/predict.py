@@ -114,8 +114,9 @@ def evaluate_run(
     dataset's default rule, ignore regions and label kind; the report (per-case results and
     aggregate metrics with ``n_bootstrap`` case-bootstrap CIs, seed ``seed``) can be saved
     with :func:`cmbbench.scoring.records.save_results` and compared with ``cmbbench compare``.
-    ``dataset_options`` go to ``load_dataset`` (e.g. ``{"preset": "quick", "seed": 1, "n": 40}``
-    for 40 synthetic subjects the run never saw).
+    ``dataset_options`` go to ``load_dataset``; on the run's own dataset they start from the
+    options (and root) the run was trained with, so ``{"seed": 1, "n": 40}`` gives 40
+    synthetic subjects of the run's preset that it never saw.
     """
     from cmbbench import __version__
     from cmbbench.datasets.registry import dataset_info, load_dataset
@@ -129,7 +130,13 @@ def evaluate_run(
     info = dataset_info(dataset)
     predict_one = run_predictor(run_dir, device=device, postprocessed=True, record=record)
     root_s = None if root is None else str(root)
-    load_options = dict(dataset_options or {})
+    options = dict(dataset_options or {})
+    trained_on = record.dataset or {}
+    if trained_on.get("name") == dataset:  # the run's own dataset: its options, then the user's
+        options = {**dict(trained_on.get("options") or {}), **options}
+        if root_s is None and trained_on.get("root"):
+            root_s = str(trained_on["root"])
+    load_options = dict(options)
     if dataset == "synthetic":  # subjects not in the cache yet are generated: show it
         load_options.setdefault("progress", generation_progress(progress))
     cases = list(load_dataset(dataset, root=root_s, split=split, **load_options))
@@ -156,7 +163,7 @@ def evaluate_run(
             "dataset": {
                 "name": info.name,
                 "split": split,
-                "options": dict(dataset_options or {}),
+                "options": options,
                 "root": root_s,
                 "n_cases": len(cases),
             },

@@ -9,6 +9,7 @@ from cmbbench.engine.postprocess import (
     GridPoint,
     best_grid_point,
     clean_probability,
+    one_lesion_less,
 )
 
 
@@ -38,14 +39,25 @@ def test_clean_threshold_and_min_size():
     assert out.dtype == np.float32
 
 
-def test_best_grid_point_prefers_f1_then_fewer_fp_then_conservative():
+def test_best_grid_point_reads_f1_to_within_one_lesion():
     grid = [
-        GridPoint(0.5, 1, tp=3, fp=3, fn=1),  # F1 6/10 = 0.6
-        GridPoint(0.7, 1, tp=2, fp=2, fn=2),  # F1 4/8 = 0.5
-        GridPoint(0.6, 2, tp=3, fp=3, fn=1),  # same F1 and FP as the first, higher threshold
+        GridPoint(0.5, 2, tp=30, fp=5, fn=10),  # F1 60/75 = 0.8   <- highest
+        GridPoint(0.6, 1, tp=30, fp=6, fn=10),  # F1 60/76 = 0.789: one FP more, removes nothing
+        GridPoint(0.7, 1, tp=30, fp=5, fn=11),  # F1 60/76 = 0.789: same F1, one FP fewer
+        GridPoint(0.9, 1, tp=20, fp=1, fn=20),  # F1 40/61 = 0.656
     ]
+    # one lesion less than the best (a TP becomes a FN): 58 / (75 - 1) = 0.784. Points 0-2 are
+    # within it; the smallest minimum size wins, then the higher F1, then fewer FP.
+    assert one_lesion_less(grid[0]) == pytest.approx(58 / 74)
     assert best_grid_point(grid) == grid[2]
-    assert grid[0].f1 == pytest.approx(0.6) and GridPoint(0.5, 1, 0, 0, 0).f1 == 0.0
+    # a best point more than one lesion ahead keeps its larger minimum size
+    clear = [GridPoint(0.5, 3, tp=30, fp=2, fn=10), GridPoint(0.5, 1, tp=31, fp=12, fn=9)]
+    # 60/72 = 0.833; one lesion less 58/71 = 0.817; the other 62/83 = 0.747
+    assert best_grid_point(clear) == clear[0]
+    # exact ties (no lesion found anywhere): min size 1, then the higher threshold
+    empty = [GridPoint(t, m, tp=0, fp=0, fn=5) for t in (0.5, 0.9) for m in (1, 3)]
+    assert best_grid_point(empty) == GridPoint(0.9, 1, tp=0, fp=0, fn=5)
+    assert grid[3].f1 == pytest.approx(40 / 61) and GridPoint(0.5, 1, 0, 0, 0).f1 == 0.0
 
 
 def _case(case_id: str, label: np.ndarray, kind: str = "mask"):
@@ -86,10 +98,13 @@ def test_tune_postprocess_picks_the_grid_optimum():
     assert grid[(0.5, 2)] == (1, 1, 1)  # 0.4 CMB lost, 3-voxel FP stays: F1 0.5
     assert grid[(0.7, 2)] == (1, 0, 1)  # only the big CMB: F1 2/3
     assert grid[(0.3, 4)] == (1, 0, 1)  # only the 27-voxel blob survives size 4
-    assert tune_postprocess([p_a, p_b], cases, [0.3, 0.5, 0.7], [1, 2, 4]) == (0.3, 2)
+    # (0.3, 2) has the highest F1 (0.8), but with two CMBs one lesion less is F1 2/4 = 0.5:
+    # (0.3, 1) at 4/6 is within one lesion of it and removes nothing, so it is chosen
+    assert tune_postprocess([p_a, p_b], cases, [0.3, 0.5, 0.7], [1, 2, 4]) == (0.3, 1)
+    assert tune_postprocess([p_a, p_b], cases, [0.3, 0.5, 0.7], [2, 4]) == (0.3, 2)
     # distance rule parameters pass through to scoring
     assert tune_postprocess(
-        [p_a, p_b], cases, [0.3, 0.7], [1, 2], rule="distance", rule_params={"max_distance_mm": 2.0}
+        [p_a, p_b], cases, [0.3, 0.7], [2, 4], rule="distance", rule_params={"max_distance_mm": 2.0}
     ) == (0.3, 2)
 
 

@@ -90,15 +90,32 @@ def _load_plugins(plugins: list[str] | None) -> None:
         load_plugin(p)
 
 
+# options shared by run / predict / evaluate
+ModelDirOpt = Annotated[
+    Path, typer.Option("--model-dir", help="A run directory written by `cmbbench run`.")
+]
+DatasetOpt = Annotated[str, typer.Option(help="Registered dataset name.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Dataset folder (datasets that need one).")]
+DatasetOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset-option", help="Dataset option key=value (repeatable), e.g. preset=tiny."
+    ),
+]
+PluginOpt = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="Module or .py file registering models (repeatable)."),
+]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Do not draw progress bars.")]
+
+
 @app.command("run")
 def run_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Registered model name (see `cmbbench models`).")
     ],
-    dataset: Annotated[str, typer.Option(help="Registered dataset name.")] = "synthetic",
-    root: Annotated[
-        Path | None, typer.Option(help="Dataset folder (datasets that need one).")
-    ] = None,
+    dataset: DatasetOpt = "synthetic",
+    root: RootOpt = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -122,26 +139,16 @@ def run_command(
         str | None, typer.Option(help="Override: patch size in voxels, e.g. 32 or 32,32,16.")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Override: learning rate.")] = None,
-    plugin: Annotated[
-        list[str] | None,
-        typer.Option("--plugin", help="Module or .py file registering models (repeatable)."),
-    ] = None,
+    plugin: PluginOpt = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
             "--set", help="Recipe override key=value (repeatable), e.g. --set val_every=50."
         ),
     ] = None,
-    dataset_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--dataset-option", help="Dataset option key=value (repeatable), e.g. preset=tiny."
-        ),
-    ] = None,
+    dataset_option: DatasetOptionOpt = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
-    ] = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Train MODEL on a dataset, tune post-processing on val, score the test split, write a run record."""
     _passive_openmp()
@@ -236,9 +243,7 @@ def _print_record(record, out: Path | None) -> None:
 
 @app.command("predict")
 def predict_command(
-    model_dir: Annotated[
-        Path, typer.Option("--model-dir", help="A run directory written by `cmbbench run`.")
-    ],
+    model_dir: ModelDirOpt,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="Folder of NIfTI images to predict.")
     ],
@@ -251,15 +256,8 @@ def predict_command(
             help="Zero voxels outside the components kept by the run's tuned post-processing.",
         ),
     ] = False,
-    plugin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--plugin", help="Module or .py file registering the run's model (repeatable)."
-        ),
-    ] = None,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
-    ] = False,
+    plugin: PluginOpt = None,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Write CMB probability maps (NIfTI, each input's own affine) for a folder of images."""
     _passive_openmp()
@@ -283,37 +281,20 @@ def predict_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model_dir: Annotated[
-        Path, typer.Option("--model-dir", help="A run directory written by `cmbbench run`.")
-    ],
-    dataset: Annotated[str, typer.Option(help="Registered dataset name.")] = "synthetic",
-    root: Annotated[
-        Path | None, typer.Option(help="Dataset folder (datasets that need one).")
-    ] = None,
+    model_dir: ModelDirOpt,
+    dataset: DatasetOpt = "synthetic",
+    root: RootOpt = None,
     split: Annotated[
         str, typer.Option(help="train | val | test | all (every case of the dataset).")
     ] = "test",
-    dataset_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--dataset-option",
-            help="Dataset option key=value (repeatable), e.g. --dataset-option seed=1.",
-        ),
-    ] = None,
+    dataset_option: DatasetOptionOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write cases + metrics as JSON here.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    plugin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--plugin", help="Module or .py file registering the run's model (repeatable)."
-        ),
-    ] = None,
+    plugin: PluginOpt = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="Do not draw progress bars.")
-    ] = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a finished run's model (its weights and tuned post-processing) on another dataset or split."""
     _passive_openmp()
@@ -323,7 +304,6 @@ def evaluate_command(
         _load_plugins(plugin)
         from cmbbench.engine.predict import evaluate_run
         from cmbbench.scoring.records import save_results
-        from cmbbench.scoring.summary import summary_rows
 
         if split not in ("train", "val", "test", "all"):
             raise fail(f"--split: expected train, val, test or all; received {split!r}")
@@ -345,21 +325,12 @@ def evaluate_command(
         raise fail(str(err)) from None
     except OSError as err:
         raise fail(f"cannot write {out}: {err.strerror or err}") from None
-    from rich.table import Table
+    from cmbbench.cli.score import print_report
 
-    c = report.cases
-    table = Table(
-        title=f"{report.info['model']} ({model_dir.name}) on {dataset}, split {split} "
-        f"({len(c)} cases, rule {report.rule})"
+    print_report(
+        report,
+        f"{report.info['model']} ({model_dir.name}) on {dataset}, split {split} "
+        f"({len(report.cases)} cases, rule {report.rule})",
     )
-    table.add_column("metric")
-    table.add_column("value [95% CI]", justify="right")
-    table.add_row(
-        "TP / FP / FN",
-        f"{sum(x.tp for x in c)} / {sum(x.fp for x in c)} / {sum(x.fn for x in c)}",
-    )
-    for label, value in summary_rows(report.metrics):
-        table.add_row(label, value)
-    console.print(table)
     if out is not None:
         console.print(f"results written to [bold]{out}[/]")

@@ -212,7 +212,7 @@ def score(
                 f"[yellow]warning:[/] case {cid!r} has no prediction; scored as empty",
                 highlight=False,
             )
-        _print_summary(report)
+        print_report(report)
         if out is not None:
             save_results(report, out)
             console.print(f"results written to {out}")
@@ -223,11 +223,12 @@ def score(
         raise fail(str(err)) from None
 
 
-def _print_summary(report: Any) -> None:
+def print_report(report: Any, title: str | None = None) -> None:
+    """A scored set's pooled counts and headline metrics with CIs, as one table."""
     from cmbbench.scoring.summary import summary_rows
 
     params = ", ".join(f"{k}={v}" for k, v in sorted(report.params.items()))
-    table = Table(title=f"cmbbench score - rule {report.rule} ({params})")
+    table = Table(title=title or f"cmbbench score - rule {report.rule} ({params})")
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
     c = report.cases

@@ -273,7 +273,7 @@ def _network_predictor(
 
 def _detector_predictor(run_dir: Path, record: RunRecord, postprocessed: bool) -> Predictor:
     from cmbbench.engine.postprocess import clean_probability
-    from cmbbench.models.detector import Prediction
+    from cmbbench.engine.run import detector_output
 
     built = _build(record, run_dir)
     det = built.model
@@ -287,23 +287,9 @@ def _detector_predictor(run_dir: Path, record: RunRecord, postprocessed: bool) -
     restore(fitted)
 
     def predict_one(case: Case):
-        pred = det.predict(case)
-        if not isinstance(pred, Prediction):
-            raise CmbbenchError(
-                f"model {built.name!r}: predict() returned {type(pred).__name__}, expected a "
-                "Prediction"
-            )
-        threshold = float((pred.meta or {}).get("threshold", 0.5))
-        if pred.kind == "points":
-            return pred.array, threshold, pred.scores
-        out = np.asarray(pred.array)
-        if out.shape != tuple(case.shape):
-            raise CmbbenchError(
-                f"detector {built.name!r}, case {case.case_id!r}: prediction shape {out.shape} "
-                f"does not match the image {tuple(case.shape)}"
-            )
-        if postprocessed and pred.kind == "prob":  # the components the run's scoring counted
-            out = clean_probability(out, threshold, 1)
-        return out, threshold, None
+        out, threshold, scores = detector_output(det, built.name, case)
+        if postprocessed and scores is None and np.issubdtype(np.asarray(out).dtype, np.floating):
+            out = clean_probability(out, threshold, 1)  # the components the run's scoring counted
+        return out, threshold, scores
 
     return predict_one

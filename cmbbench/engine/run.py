@@ -550,6 +550,26 @@ def _run_network(
     }
 
 
+def detector_output(det: Any, name: str, case: Case) -> tuple[np.ndarray, float, Any]:
+    """``det.predict(case)`` checked and unpacked for scoring: (map (X, Y, Z) or world-mm
+    points (N, 3), operating threshold (``Prediction.meta["threshold"]``, default 0.5),
+    point scores or ``None``)."""
+    from cmbbench.models.detector import Prediction
+
+    pred = det.predict(case)
+    if not isinstance(pred, Prediction):
+        raise CmbbenchError(
+            f"model {name!r}: predict() returned {type(pred).__name__}, expected a Prediction"
+        )
+    if pred.kind != "points" and tuple(pred.array.shape) != tuple(case.shape):
+        raise CmbbenchError(
+            f"model {name!r}, case {case.case_id!r}: prediction shape "
+            f"{tuple(pred.array.shape)} does not match the image {tuple(case.shape)}"
+        )
+    threshold = float((pred.meta or {}).get("threshold", 0.5))
+    return pred.array, threshold, pred.scores if pred.kind == "points" else None
+
+
 def _rel(path: Path | None, base: Path) -> str | None:
     if path is None:
         return None
@@ -574,7 +594,6 @@ def _run_detector(
     progress: ProgressFn | None,
     timings: dict[str, Any],
 ) -> dict[str, Any]:
-    from cmbbench.models.detector import Prediction
 
     det = built.model
     config = {
@@ -593,18 +612,7 @@ def _run_detector(
     timings["train_seconds"] = time.perf_counter() - t0
 
     def predict_one(case: Case):
-        pred = det.predict(case)
-        if not isinstance(pred, Prediction):
-            raise CmbbenchError(
-                f"model {built.name!r}: predict() returned {type(pred).__name__}, expected a Prediction"
-            )
-        if pred.kind != "points" and tuple(pred.array.shape) != tuple(case.shape):
-            raise CmbbenchError(
-                f"model {built.name!r}, case {case.case_id!r}: prediction shape "
-                f"{tuple(pred.array.shape)} does not match the image {tuple(case.shape)}"
-            )
-        threshold = float((pred.meta or {}).get("threshold", 0.5))
-        return pred.array, threshold, pred.scores if pred.kind == "points" else None
+        return detector_output(det, built.name, case)
 
     cases, infer_s, score_s = score_cases(
         predict_one, list(test_ds), ctx=ctx, rule=rule, rule_params=rule_params, progress=progress

@@ -190,6 +190,30 @@ def test_seeds_aggregate_into_one_row_with_significance(records: Path) -> None:
     assert good.timings["train_s"].mean == pytest.approx(101.0)
 
 
+def test_changed_preset_contents_split_a_row(tmp_path: Path) -> None:
+    # seeds 0-1 of "quick" with lr 0.001, seed 2 after the preset's lr became 0.01: the label
+    # ("quick", no overrides) is the same, the recipes are not -> two rows, each naming its
+    # recipe; seed 3 differs only in loader processes and checkpoint cadence, which cannot
+    # change its numbers -> it joins the first row
+    from cmbbench.leaderboard.store import recipe_fingerprint
+
+    for seed in range(4):
+        rec = make_record("net", seed, 0.8, 0.5)
+        if seed == 2:
+            rec["recipe"]["lr"] = 0.01
+        if seed == 3:
+            rec["recipe"].update(num_workers=4, checkpoint_every=7)
+        write_json_atomic(tmp_path / f"s{seed}" / "record.json", rec)
+    (table,) = build_tables([tmp_path], n_bootstrap=N_BOOT)
+    old = recipe_fingerprint({"steps": 100, "lr": 0.001}, {})
+    new = recipe_fingerprint({"steps": 100, "lr": 0.01}, {})
+    assert old != new and len(old) == 8
+    rows = {r.recipe: r.seeds for r in table.rows}
+    assert rows == {f"quick [recipe {old}]": [0, 1, 3], f"quick [recipe {new}]": [2]}
+    # the model's own arguments are part of what was trained
+    assert recipe_fingerprint({"lr": 0.01}, {"width": 8}) != recipe_fingerprint({"lr": 0.01}, {})
+
+
 def test_outputs_markdown_csv_html(records: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb"
     files = build_leaderboard([records], out, n_bootstrap=N_BOOT)

@@ -28,6 +28,10 @@ RECORD_TYPE = "cmbbench-run"  # the "record_type" of a run record (cmbbench.engi
 RECORD_NAME = "record.json"
 # per-case "params" entries that belong to the model's operating point, not to the rule
 MODEL_PARAMS: tuple[str, ...] = ("threshold",)
+# recipe keys that cannot change a run's numbers (the seed makes the seeds of one row; loader
+# processes draw the same batches as in-process sampling; checkpoint cadence is bookkeeping),
+# left out of the recipe fingerprint
+FINGERPRINT_NEUTRAL: tuple[str, ...] = ("seed", "num_workers", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class RunEntry:
     params: dict[str, Any]
     cases: list[CaseResult]
     timings: dict[str, float] = field(default_factory=dict)
+    fingerprint: str = ""  # recipe_fingerprint(): the full recipe + model arguments
 
     @property
     def track(self) -> str:
@@ -106,9 +111,22 @@ class RunEntry:
         )
 
     @property
-    def row_key(self) -> tuple[str, str, str]:
-        """Runs with the same model, recipe and hardware are seeds of one row."""
-        return (self.model, self.recipe_label, self.hardware)
+    def row_key(self) -> tuple[str, str, str, str]:
+        """Runs with the same model, recipe and hardware are seeds of one row.
+
+        "Same recipe" means the same full recipe (:func:`recipe_fingerprint`), not only the
+        same preset name and overrides: runs of a preset whose contents changed between
+        versions land in separate rows.
+        """
+        return (self.model, self.recipe_label, self.hardware, self.fingerprint)
+
+
+def recipe_fingerprint(recipe: Mapping[str, Any], model_kwargs: Mapping[str, Any]) -> str:
+    """A short hash (8 hex digits) of everything that defines how a run was trained: the full
+    resolved recipe, minus :data:`FINGERPRINT_NEUTRAL` keys, and the model's arguments."""
+    kept = {k: v for k, v in recipe.items() if k not in FINGERPRINT_NEUTRAL}
+    text = json.dumps({"recipe": kept, "model_kwargs": dict(model_kwargs)}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 def rule_params_key(params: Mapping[str, Any]) -> str:
@@ -236,6 +254,7 @@ def _parse(data: Any) -> dict[str, Any]:
     params = _require(data, "params", dict)
     seed = _require(data, "seed", int)
     recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
+    model_kwargs = model.get("kwargs") if isinstance(model.get("kwargs"), dict) else {}
     overridden = data.get("recipe_overridden") or {}
     if not isinstance(overridden, Mapping):
         raise InputError("malformed run record: 'recipe_overridden' should be an object")
@@ -261,6 +280,7 @@ def _parse(data: Any) -> dict[str, Any]:
         "params": params,
         "cases": cases,
         "timings": _timings(timings),
+        "fingerprint": recipe_fingerprint(recipe, model_kwargs),
     }
 
 
@@ -297,8 +317,8 @@ def _newest_first(version: str) -> tuple[tuple[int, Any], ...]:
 def group_runs(entries: Iterable[RunEntry]) -> dict[GroupKey, list[RunEntry]]:
     """Runs grouped by table (dataset + version + split, rule + parameters, track), tables
     and runs inside them in a deterministic order: by dataset, its newest version first, then
-    split, rule and track. Two records of the same model, recipe, hardware and seed in one
-    table are an :class:`InputError` (a run counted twice)."""
+    split, rule and track. Two records of the same model, recipe (fingerprint included),
+    hardware and seed in one table are an :class:`InputError` (a run counted twice)."""
     groups: dict[GroupKey, list[RunEntry]] = {}
     for e in entries:
         groups.setdefault(e.group_key, []).append(e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +114,11 @@ def _headline(metrics: Mapping[str, Any], name: str) -> tuple[float | None, list
     return item.get("value"), item.get("ci")
 
 
-def build_row(runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int) -> Row:
-    """Aggregate the seeds ``runs`` (same model, recipe, hardware) into one :class:`Row`."""
+def build_row(
+    runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int, recipe: str | None = None
+) -> Row:
+    """Aggregate the seeds ``runs`` (same model, recipe, hardware) into one :class:`Row`;
+    ``recipe`` overrides the row's recipe label (default: the runs' preset and overrides)."""
     per_run = []
     for r in runs:
         try:
@@ -131,7 +135,7 @@ def build_row(runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int) -> Row:
     first = runs[0]
     return Row(
         model=first.model,
-        recipe=first.recipe_label,
+        recipe=recipe if recipe is not None else first.recipe_label,
         hardware=first.hardware,
         runs=list(runs),
         metrics=metrics,
@@ -142,10 +146,21 @@ def build_row(runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int) -> Row:
 
 def build_table(key: GroupKey, runs: Sequence[RunEntry], *, n_bootstrap: int, seed: int) -> Table:
     """The rows of one group, sorted by mean F1 (best first; undefined last), then name."""
-    by_row: dict[tuple[str, str, str], list[RunEntry]] = {}
+    by_row: dict[tuple[str, str, str, str], list[RunEntry]] = {}
     for r in runs:
         by_row.setdefault(r.row_key, []).append(r)
-    rows = [build_row(v, n_bootstrap=n_bootstrap, seed=seed) for _, v in sorted(by_row.items())]
+    # rows that would read alike (same model, preset + overrides, hardware) but were trained
+    # with different recipes say which recipe: "quick [recipe 1a2b3c4d]"
+    label_count = Counter(k[:3] for k in by_row)
+    rows = [
+        build_row(
+            v,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            recipe=f"{k[1]} [recipe {k[3]}]" if label_count[k[:3]] > 1 else None,
+        )
+        for k, v in sorted(by_row.items())
+    ]
 
     def order(row: Row) -> tuple[Any, ...]:
         v = row.metrics[SORT_KEY].mean

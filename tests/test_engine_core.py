@@ -225,11 +225,16 @@ def test_loader_with_workers_keeps_step_order():
 
 
 # ----------------------------------------------------------------------------- training loop
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_resume_equals_uninterrupted(tmp_path, impl):
+    # also with the fused optimizer, whose state (a float step tensor) must round-trip too
     vols = _volumes()
     recipe = resolve_recipe(
-        "tiny", None, {"steps": 12, "checkpoint_every": 4, "val_every": 4, "patch_size": 16}
-    ).recipe
+        "tiny",
+        None,
+        {"steps": 12, "checkpoint_every": 4, "val_every": 4, "patch_size": 16,
+         "optimizer_impl": impl},
+    ).recipe  # fmt: skip
     sampler = PatchSampler.from_recipe(vols, recipe, seed=0)
     calls = []
 

@@ -210,6 +210,10 @@ def test_changed_preset_contents_split_a_row(tmp_path: Path) -> None:
     assert old != new and len(old) == 8
     rows = {r.recipe: r.seeds for r in table.rows}
     assert rows == {f"quick [recipe {old}]": [0, 1, 3], f"quick [recipe {new}]": [2]}
+    # a recipe key added later (optimizer_impl) at the value that reproduces older runs
+    # ("auto") keeps the older records' fingerprint; another value is another recipe
+    assert recipe_fingerprint({"steps": 100, "lr": 0.001, "optimizer_impl": "auto"}, {}) == old
+    assert recipe_fingerprint({"steps": 100, "lr": 0.001, "optimizer_impl": "fused"}, {}) != old
     # the model's own arguments are part of what was trained
     assert recipe_fingerprint({"lr": 0.01}, {"width": 8}) != recipe_fingerprint({"lr": 0.01}, {})
 

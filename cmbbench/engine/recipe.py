@@ -54,6 +54,10 @@ class Recipe:
     # --- optimisation
     steps: int = 20000
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # how PyTorch runs the optimizer step: "auto" = its default (a loop over parameters on
+    # CPU, "foreach" on CUDA); "fused" = one fused kernel, 2-5x faster on CPU for the smp
+    # networks' 35-73 M parameters but rounded differently (not bit-identical to "auto")
+    optimizer_impl: Literal["auto", "foreach", "fused"] = "auto"
     lr: float = 5e-5
     weight_decay: float = 1e-4
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -123,14 +123,23 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """Adam with L2 weight decay (the seed), AdamW, or SGD with momentum 0.9."""
+    """Adam with L2 weight decay (the seed), AdamW, or SGD with momentum 0.9, run by PyTorch's
+    default implementation or its ``foreach`` / ``fused`` one (``recipe.optimizer_impl``)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    impl: dict[str, bool] = {}
+    if recipe.optimizer_impl != "auto":
+        impl[recipe.optimizer_impl] = True
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **impl)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **impl)
     return torch.optim.SGD(
-        params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
+        params,
+        lr=recipe.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+        **impl,
     )
 
 

@@ -32,6 +32,10 @@ MODEL_PARAMS: tuple[str, ...] = ("threshold",)
 # processes draw the same batches as in-process sampling; checkpoint cadence is bookkeeping),
 # left out of the recipe fingerprint
 FINGERPRINT_NEUTRAL: tuple[str, ...] = ("seed", "num_workers", "checkpoint_every")
+# recipe keys added after records were published, with the value that reproduces the runs
+# made before they existed: at that value they are left out of the fingerprint, so a new
+# run of an unchanged recipe still joins the older records' row
+FINGERPRINT_ADDED: dict[str, Any] = {"optimizer_impl": "auto"}
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,14 @@ class RunEntry:
 
 def recipe_fingerprint(recipe: Mapping[str, Any], model_kwargs: Mapping[str, Any]) -> str:
     """A short hash (8 hex digits) of everything that defines how a run was trained: the full
-    resolved recipe, minus :data:`FINGERPRINT_NEUTRAL` keys, and the model's arguments."""
-    kept = {k: v for k, v in recipe.items() if k not in FINGERPRINT_NEUTRAL}
+    resolved recipe, minus :data:`FINGERPRINT_NEUTRAL` keys and :data:`FINGERPRINT_ADDED` keys
+    at their old behaviour's value, and the model's arguments."""
+    kept = {
+        k: v
+        for k, v in recipe.items()
+        if k not in FINGERPRINT_NEUTRAL
+        and not (k in FINGERPRINT_ADDED and v == FINGERPRINT_ADDED[k])
+    }
     text = json.dumps({"recipe": kept, "model_kwargs": dict(model_kwargs)}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 

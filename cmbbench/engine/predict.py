@@ -2,9 +2,9 @@
 
 :func:`predict_folder`: each input ``<name>.nii[.gz]`` gives ``out_dir/<name>.nii.gz``, a
 float32 CMB probability map in the input's own voxel grid and world space (same shape, same
-affine), so the folder can be scored by ``cmbbench score`` or any external tool. For a network, the model, its recipe
-(normalisation, inference window, overlap) and its tuned post-processing are read from the
-run's record, the weights from its best checkpoint. A detector is rebuilt and given its
+affine), so the folder can be scored by ``cmbbench score`` or any external tool. For a
+network, the model, its recipe (normalisation, inference window, overlap) and its tuned
+post-processing are read from the run's record, the weights from its best checkpoint. A detector is rebuilt and given its
 fitted settings back (``training.fitted`` in the record) through its optional
 ``load_config(fitted)`` method (see :class:`cmbbench.models.detector.Detector`).
 

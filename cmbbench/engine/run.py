@@ -594,7 +594,6 @@ def _run_detector(
     progress: ProgressFn | None,
     timings: dict[str, Any],
 ) -> dict[str, Any]:
-
     det = built.model
     config = {
         "recipe": recipe.to_dict(),

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cmbbench.errors import InputError
+from cmbbench.scoring.rates import ratio as ratio  # moved to rates.py; re-exported
 
 
 def validate(n_bootstrap: int, ci: float) -> None:
@@ -44,14 +45,6 @@ def resample_counts(n_cases: int, n_bootstrap: int, seed: int) -> NDArray[np.flo
     flat = idx + (np.arange(n_bootstrap) * n_cases)[:, None]
     counts = np.bincount(flat.ravel(), minlength=n_bootstrap * n_cases)
     return counts.reshape(n_bootstrap, n_cases).astype(np.float64)
-
-
-def ratio(num: ArrayLike, den: ArrayLike) -> NDArray[np.float64]:
-    """Elementwise ``num / den`` with NaN where ``den == 0`` (an undefined pooled metric)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    safe = np.where(den != 0, den, 1.0)
-    return np.where(den != 0, num / safe, np.nan)
 
 
 def percentile_ci(samples: ArrayLike, ci: float) -> list[float] | None:

@@ -32,7 +32,7 @@ every training case are extracted once and each is matched to the ground-truth C
 overlaps most. For every setting of the shape filters (a small grid of roundness, contrast
 and diameter limits) the response threshold with the best pooled lesion-level F1 is found
 by an exact sweep over the sorted responses (one TP per CMB); the best ``verify_top``
-settings are then re-scored with :func:`cmbbench.scoring.case.score_case` (the run's rule) on
+settings are then re-scored by the dataset's evaluator (the run's rule and parameters) on
 the painted predictions and the best of them by pooled F1 is kept.
 """
 
@@ -52,15 +52,13 @@ from scipy import ndimage
 from cmbbench import register_model
 from cmbbench.cases import Case
 from cmbbench.errors import InputError
+from cmbbench.io import write_json_atomic
 from cmbbench.models.detector import Prediction
-from cmbbench.scoring.records import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 PARAMS_FILE = "classical_log.json"  # fitted parameters, written into the run folder
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
-# Case.label_kind -> score_case gt_kind (when the rule parameters do not say)
-_GT_KIND = {"instance": "instance", "points": "points", "mask": "mask"}
 # point-annotated CMBs: a candidate within this distance (world mm) hits the point (fit only;
 # the final choice is re-scored with the dataset's own rule)
 _POINT_RADIUS_MM = 3.0
@@ -394,8 +392,9 @@ class ClassicalDetector:
     def fit(self, train: Sequence[Case], val: Sequence[Case], config: Mapping[str, Any]) -> None:
         """Fit ``threshold``, ``min_roundness``, ``min_contrast``, ``min_diameter_mm`` and
         ``max_diameter_mm`` for the best pooled lesion-level F1 on ``train`` (``val`` is
-        unused). ``config`` may give ``rule`` / ``rule_params`` for the exact re-scoring and
-        ``out_dir``, where the fitted parameters are written as ``classical_log.json``."""
+        unused). ``config`` may give the ``evaluator`` (or ``rule`` / ``rule_params``) for the
+        exact re-scoring and ``out_dir``, where the fitted parameters are written as
+        ``classical_log.json``."""
         cases = [c for c in train if c.label is not None]
         if not cases:
             raise InputError("classical_log.fit needs labelled training cases; received none")
@@ -469,30 +468,20 @@ class ClassicalDetector:
         p: ClassicalParams,
         config: Mapping[str, Any],
     ) -> tuple[float, tuple[int, int, int]]:
-        """Pooled F1 (and TP, FP, FN) of the painted predictions under score_case."""
-        from cmbbench.scoring.case import score_case
+        """Pooled F1 (and TP, FP, FN) of the painted predictions, scored by the run's
+        evaluator (``config["evaluator"]``; else one built from ``rule``/``rule_params``)."""
+        from cmbbench.scoring.evaluator import Evaluator
+        from cmbbench.scoring.rates import detection_rates
 
-        rule = config.get("rule", "overlap")
-        rule_params = dict(config.get("rule_params", {}) or {})
+        evaluator = config.get("evaluator") or Evaluator(
+            config.get("rule", "overlap"), dict(config.get("rule_params", {}) or {})
+        )
         tp = fp = fn = 0
         for case, c in zip(cases, cands, strict=True):
-            prob = paint(c, p, case.shape)
-            kwargs = dict(rule_params)
-            kwargs.setdefault("gt_kind", _GT_KIND.get(case.label_kind, "auto"))
-            res = score_case(
-                prob,
-                case.label,
-                affine=case.affine,
-                rule=rule,
-                threshold=0.5,
-                ignore=case.ignore,
-                lesion_attrs=case.meta.get("lesion_attrs"),
-                case_id=case.case_id,
-                **kwargs,
-            )
+            res = evaluator.evaluate(paint(c, p, case.shape), case, threshold=0.5)
             tp, fp, fn = tp + res.tp, fp + res.fp, fn + res.fn
-        denom = 2 * tp + fp + fn
-        return (2 * tp / denom if denom else 0.0), (tp, fp, fn)
+        f1 = detection_rates(tp, fp, fn).f1
+        return (0.0 if math.isnan(f1) else f1), (tp, fp, fn)  # nothing to count ranks lowest
 
     def predict(self, case: Case) -> Prediction:
         """Probability map (float32, the case's shape) of dark blobs passing the filters."""

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from cmbbench.cases import Case, CaseData
-from cmbbench.engine.evaluate import predict_probability
+from cmbbench.engine.inference import predict_probability
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, prepare_volumes

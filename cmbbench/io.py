@@ -1,22 +1,111 @@
-"""NIfTI input/output (nibabel) with clear errors and atomic writes.
+"""File input/output: atomic writes, deterministic JSON, NIfTI (nibabel) with clear errors.
 
-Arrays come back in the file's own voxel order (no reorientation); see :mod:`cmbbench.cases`.
+Every file cmbbench writes goes through :func:`write_atomic` (temp file in the same folder,
+fsync, rename), so a crash never leaves a half-written file under the final name. JSON is
+written by :func:`dumps` (sorted keys, 2-space indent, NaN/Inf as ``null``): the same data
+always gives the same bytes. NIfTI arrays come back in the file's own voxel order (no
+reorientation); see :mod:`cmbbench.cases`. nibabel is imported only when a NIfTI file is
+read or written, so scoring arrays in memory never loads it.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
+import math
 import os
+import re
 import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import nibabel as nib
 import numpy as np
 
 from cmbbench.errors import InputError
 
+if TYPE_CHECKING:
+    import nibabel as nib
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples to plain JSON types; NaN/Inf become ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
+    return obj
+
+
+def dumps(data: Any) -> str:
+    """Deterministic JSON text (sorted keys, 2-space indent, trailing newline)."""
+    return json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically: a temp file in the same
+    folder, fsync, rename. Raises ``OSError`` (nothing is left under either name) on failure."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as deterministic JSON (:func:`dumps`) to ``path`` atomically."""
+    return write_atomic(path, dumps(data))
+
+
+CaseIdRule = Literal["pairing", "image", "stem"]
+
+_BIDS = re.compile(r"^(sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)(?:_.*)?$")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+def case_id_from_filename(name: str, rule: CaseIdRule = "pairing") -> str | None:
+    """The case id a NIfTI file name stands for; ``None`` when it is not a NIfTI name.
+
+    The one file-name rule of cmbbench, in three documented strengths:
+
+    - ``"pairing"`` (pairing predictions with ground truths, ``cmbbench score``): the suffix
+      removed; a BIDS-style name becomes its subject (and session) entity
+      (``'sub-101_space-T2S_CMB.nii.gz' -> 'sub-101'``, ``'sub-2_ses-3_x.nii' -> 'sub-2_ses-3'``);
+      otherwise a trailing nnU-Net channel ``_NNNN`` is removed (``'case_0000' -> 'case'``);
+    - ``"image"`` (a dataset's image folder): the suffix and an nnU-Net channel ``_0000``
+      removed (other channel numbers are other images of a case, so they stay);
+    - ``"stem"`` (``cmbbench predict`` names its output like its input): the suffix only.
+    """
+    stem = strip_nifti_suffix(name)
+    if stem is None or rule == "stem":
+        return stem
+    if rule == "pairing":
+        m = _BIDS.match(stem)
+        if m:
+            return m.group(1)
+    m = _CHANNEL.match(stem)
+    if m and (rule == "pairing" or m.group("ch") == "0000"):
+        return m.group("case")
+    return stem
 
 
 def strip_nifti_suffix(name: str) -> str | None:
@@ -37,6 +126,8 @@ def load_nifti(
     unreadable, truncated or (unless ``allow_4d``) non-3-D image; a trailing singleton 4th
     dimension is squeezed.
     """
+    import nibabel as nib
+
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", case=case, path=str(path))
@@ -77,6 +168,8 @@ def save_nifti(
 
     A crash never leaves a half-written file under the final name.
     """
+    import nibabel as nib
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)

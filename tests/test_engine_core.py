@@ -17,9 +17,10 @@ from cmbbench.engine.checkpoint import (
 )
 from cmbbench.engine.losses import CmbLoss, focal_tversky_loss
 from cmbbench.engine.patches import PatchSampler, make_loader, prepare_volumes
-from cmbbench.engine.recipe import Recipe, RecipeError, parse_set_options, resolve_recipe
+from cmbbench.engine.recipe import Recipe, RecipeError, resolve_recipe
 from cmbbench.engine.trainer import lr_at, train
 from cmbbench.errors import UnknownNameError
+from cmbbench.options import OptionError, parse_key_values
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -47,7 +48,7 @@ def test_recipe_layers_and_sources():
 
 def test_recipe_coercion_and_errors():
     r = resolve_recipe(
-        "tiny", None, parse_set_options(["patch_size=24", "aug_flip=false", "optimizer=adamw"])
+        "tiny", None, parse_key_values(["patch_size=24", "aug_flip=false", "optimizer=adamw"])
     )
     assert r.recipe.patch_size == (24, 24, 24) and r.recipe.aug_flip is False
     assert r.recipe.optimizer == "adamw"
@@ -62,8 +63,17 @@ def test_recipe_coercion_and_errors():
         resolve_recipe("tiny", None, {"optimizer": "lion"})
     with pytest.raises(RecipeError, match="positive"):
         resolve_recipe("tiny", None, {"steps": 0})
-    with pytest.raises(RecipeError, match="key=value"):
-        parse_set_options(["lr"])
+    with pytest.raises(OptionError, match="key=value"):
+        parse_key_values(["lr"])
+    # the one parser: recipe values and dataset options read alike
+    assert parse_key_values(["channels=T2S,T1", "n=40", "space=voxel", "val-every=50"]) == {
+        "channels": ["T2S", "T1"],
+        "n": 40,
+        "space": "voxel",
+        "val_every": 50,
+    }
+    r = resolve_recipe("tiny", None, parse_key_values(["patch_size=32,32,16", "lr=1e-3"]))
+    assert r.recipe.patch_size == (32, 32, 16) and r.recipe.lr == 1e-3
     with pytest.raises(UnknownNameError, match="quick"):
         resolve_recipe("huge")
     assert (

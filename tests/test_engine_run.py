@@ -213,7 +213,7 @@ def test_evaluate_run_reproduces_the_runs_own_test_scores(tiny_run, tmp_path):
     # evaluate_run predicts with the run's best weights and tuned post-processing and scores
     # with the dataset's rule: on the run's own test split it must give the record's per-case
     # counts exactly; on another split it scores those cases instead.
-    from cmbbench.engine.predict import evaluate_run
+    from cmbbench.engine.evaluate import evaluate_run
     from cmbbench.scoring.records import load_results, save_results
 
     out, record, _ = tiny_run

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from _engine_helpers import TinyNet, cube_case, standardize
 
-from cmbbench.engine.evaluate import predict_probability, score_probability
+from cmbbench.engine.inference import predict_probability
 from cmbbench.engine.patches import PatchSampler, prepare_volumes
 from cmbbench.engine.recipe import resolve_recipe
 from cmbbench.engine.trainer import train
+from cmbbench.scoring.evaluator import Evaluator
 
 
 def test_trainer_overfits_a_tiny_case(tmp_path):
@@ -26,7 +27,7 @@ def test_trainer_overfits_a_tiny_case(tmp_path):
 
     def validate(model):
         prob = predict_probability(model, standardize(case.image), recipe, device=device)
-        res = score_probability(prob, case, rule="overlap", rule_params={}, threshold=0.5)
+        res = Evaluator("overlap").evaluate(prob, case, threshold=0.5)
         return {"f1": res.f1, "tp": res.tp, "fp": res.fp, "fn": res.fn}
 
     result = train(net, sampler, recipe, out_dir=tmp_path, device=device, validate=validate)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from cmbbench.errors import InputError
+from cmbbench.io import write_json_atomic
 from cmbbench.leaderboard import build_leaderboard, build_tables
 from cmbbench.leaderboard.render_html import SORT_SCRIPT
 from cmbbench.leaderboard.store import find_records, group_runs, load_records
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY
-from cmbbench.scoring.records import CaseResult, Lesion, Pair, write_json_atomic
+from cmbbench.scoring.records import CaseResult, Lesion, Pair
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = {"connectivity": 26, "min_overlap_voxels": 1}

@@ -12,9 +12,10 @@ from _case_records import make_case
 
 import cmbbench
 from cmbbench.errors import InputError
+from cmbbench.io import dumps
 from cmbbench.scoring import bootstrap, froc
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY, HEADLINE, aggregate, subject_level
-from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport, dumps
+from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport
 from cmbbench.scoring.summary import format_entry, summary_rows
 
 

@@ -74,6 +74,7 @@ def _case(case_id: str, label: np.ndarray, kind: str = "mask"):
 
 def test_tune_postprocess_picks_the_grid_optimum():
     from cmbbench.engine.postprocess import postprocess_grid, tune_postprocess
+    from cmbbench.scoring.evaluator import Evaluator
 
     # case a: one 27-voxel CMB predicted at 0.9, plus a 1-voxel false positive at 0.95
     gt_a = np.zeros((12, 12, 12), np.uint8)
@@ -104,7 +105,7 @@ def test_tune_postprocess_picks_the_grid_optimum():
     assert tune_postprocess([p_a, p_b], cases, [0.3, 0.5, 0.7], [2, 4]) == (0.3, 2)
     # distance rule parameters pass through to scoring
     assert tune_postprocess(
-        [p_a, p_b], cases, [0.3, 0.7], [2, 4], rule="distance", rule_params={"max_distance_mm": 2.0}
+        [p_a, p_b], cases, [0.3, 0.7], [2, 4], Evaluator("distance", {"max_distance_mm": 2.0})
     ) == (0.3, 2)
 
 

@@ -40,8 +40,9 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare two result sets on the same cases: B - A with a paired bootstrap CI and p-value."""
+    from cmbbench.io import write_json_atomic
     from cmbbench.scoring.compare import COMPARED, compare
-    from cmbbench.scoring.records import load_results, write_json_atomic
+    from cmbbench.scoring.records import load_results
 
     try:
         ra, rb = load_results(a), load_results(b)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from cmbbench.cli._app import app, console, err_console, fail
 from cmbbench.errors import CmbbenchError
+from cmbbench.options import parse_key_values
 
 data_app = typer.Typer(
     name="data",
@@ -46,24 +46,10 @@ OptOpt = Annotated[
 ]
 
 
-def _parse_opts(opts: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in opts or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--opt expects KEY=VALUE, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = [v.strip() for v in raw.split(",")] if "," in raw else raw
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
 def _options(
     preset: str | None, split_file: Path | None, seed: int, opts: list[str] | None
 ) -> dict[str, Any]:
-    options = _parse_opts(opts)
+    options = parse_key_values(opts, what="--opt")
     if preset is not None:
         options["preset"] = preset
     if split_file is not None:
@@ -91,22 +77,12 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _accepts_progress(name: str) -> bool:
-    """Whether the dataset's factory takes a ``progress`` callback (e.g. synthetic generation)."""
-    import inspect
-
-    from cmbbench.datasets import registry
-
-    registry.dataset_info(name)  # unknown names raise, listing the known ones
-    return "progress" in inspect.signature(registry._REGISTRY[name][1]).parameters
-
-
 def _load(name: str, root: Path | None, split: str | None, options: dict[str, Any]):
     """``load_dataset`` with a progress bar for datasets that generate or cache on load."""
-    from cmbbench.datasets.registry import load_dataset
+    from cmbbench.datasets.registry import dataset_info, load_dataset
 
     root_s = str(root) if root is not None else None
-    if "progress" not in options and _accepts_progress(name):
+    if dataset_info(name).generates:
         with _progress(f"preparing {name}") as progress:
             return load_dataset(name, root=root_s, split=split, progress=progress, **options)
     return load_dataset(name, root=root_s, split=split, **options)

@@ -1,7 +1,7 @@
 """`cmbbench run`, `cmbbench predict` and `cmbbench evaluate` (registered on the shared app).
 
 Thin: options are parsed here, everything else is :func:`cmbbench.engine.run.run`,
-:func:`cmbbench.engine.predict.predict_folder` and :func:`cmbbench.engine.predict.evaluate_run`.
+:func:`cmbbench.engine.predict.predict_folder` and :func:`cmbbench.engine.evaluate.evaluate_run`.
 Long phases get rich progress bars with an ETA. Heavy modules (torch) are imported inside the commands, so ``cmbbench --help`` stays fast.
 """
 
@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import typer
 
 from cmbbench.cli._app import app, console, fail
+from cmbbench.engine.environment import configure_openmp
 from cmbbench.errors import CmbbenchError
+from cmbbench.options import parse_key_values
 
 _PHASE_LABEL = {
     "data": "data",
@@ -71,18 +73,6 @@ def rich_progress(enabled: bool = True):
         yield callback
 
 
-def _passive_openmp() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (before torch is first imported).
-
-    A robustness choice, measured on 2 cores (unet3d, quick recipe, s/step): on an idle
-    machine sleeping threads cost ~20 % (0.207 against libgomp's default spinning 0.171);
-    with one other busy process they are the faster by far (0.62 against 1.02 with spinning
-    limited to 100 000 rounds; earlier sessions saw up to ~10× with unlimited spinning). A
-    value set by the user wins (``OMP_WAIT_POLICY=ACTIVE`` on a machine that is all yours).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _load_plugins(plugins: list[str] | None) -> None:
     from cmbbench.models.registry import load_plugin
 
@@ -99,7 +89,9 @@ RootOpt = Annotated[Path | None, typer.Option(help="Dataset folder (datasets tha
 DatasetOptionOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--dataset-option", help="Dataset option key=value (repeatable), e.g. preset=tiny."
+        "--dataset-option",
+        help="Dataset option KEY=VALUE (repeatable; VALUE is JSON or text, a,b,c is a list), "
+        "e.g. preset=tiny, channels=T2S,T1.",
     ),
 ]
 PluginOpt = Annotated[
@@ -125,7 +117,10 @@ def run_command(
     device: Annotated[
         str, typer.Option(help="auto | cpu | cuda (cuda without a GPU is an error).")
     ] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and bootstrap.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of initialisation, sampling and bootstrap (default 0)."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Run directory (default ./runs/<model>-<dataset>-<preset>-s<seed>)."),
@@ -151,12 +146,10 @@ def run_command(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train MODEL on a dataset, tune post-processing on val, score the test split, write a run record."""
-    _passive_openmp()
-    from cmbbench.engine.recipe import parse_set_options
-
+    configure_openmp()
     try:
         _load_plugins(plugin)
-        overrides: dict[str, Any] = parse_set_options(list(set_ or []))
+        overrides: dict[str, Any] = parse_key_values(set_, what="--set")
         for key, value in (
             ("steps", steps),
             ("batch_size", batch_size),
@@ -165,7 +158,7 @@ def run_command(
         ):
             if value is not None:
                 overrides[key] = value
-        options: dict[str, Any] = dict(parse_set_options(list(dataset_option or [])))
+        options = parse_key_values(dataset_option, what="--dataset-option")
         from cmbbench.engine.run import run
 
         # under torchrun only rank 0 draws and prints
@@ -260,7 +253,7 @@ def predict_command(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Write CMB probability maps (NIfTI, each input's own affine) for a folder of images."""
-    _passive_openmp()
+    configure_openmp()
     try:
         _load_plugins(plugin)
         from cmbbench.engine.predict import predict_folder
@@ -297,17 +290,15 @@ def evaluate_command(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a finished run's model (its weights and tuned post-processing) on another dataset or split."""
-    _passive_openmp()
-    from cmbbench.engine.recipe import parse_set_options
-
+    configure_openmp()
     try:
         _load_plugins(plugin)
-        from cmbbench.engine.predict import evaluate_run
+        from cmbbench.engine.evaluate import evaluate_run
         from cmbbench.scoring.records import save_results
 
         if split not in ("train", "val", "test", "all"):
             raise fail(f"--split: expected train, val, test or all; received {split!r}")
-        options: dict[str, Any] = dict(parse_set_options(list(dataset_option or [])))
+        options = parse_key_values(dataset_option, what="--dataset-option")
         with rich_progress(not no_progress) as progress:
             report = evaluate_run(
                 model_dir,

@@ -17,13 +17,6 @@ from rich.table import Table
 from cmbbench.cli._app import app, console, err_console, fail
 from cmbbench.errors import CmbbenchError
 
-_RULES = ("overlap", "distance", "valdo", "point")
-_DEFAULTS: dict[str, Any] = {
-    "threshold": 0.5,
-    "connectivity": 26,
-    "min_overlap_voxels": 1,
-    "max_distance_mm": None,
-}
 CSV_COLUMNS = (
     "case_id",
     "n_gt",
@@ -63,39 +56,6 @@ def write_cases_csv(cases: list[Any], path: Path) -> Path:
     return path
 
 
-def _resolve(dataset: str | None, given: dict[str, Any], rule: str | None) -> tuple[str, dict]:
-    """Rule and parameters: explicit flags, else the dataset's defaults, else global ones."""
-    params = dict(_DEFAULTS)
-    chosen_rule = "overlap"
-    gt_kind = "auto"
-    if dataset is not None:
-        from cmbbench.datasets.registry import dataset_info
-
-        info = dataset_info(dataset)
-        chosen_rule = info.default_rule
-        for k, v in info.rule_params.items():
-            if k in params:
-                params[k] = v
-        if info.label_kind in ("instance", "points"):
-            gt_kind = info.label_kind
-    if rule is not None:
-        chosen_rule = rule
-    for k, v in given.items():
-        if v is not None:
-            params[k] = v
-    params["gt_kind"] = gt_kind
-    return chosen_rule, params
-
-
-def _case_meta(dataset: str | None):
-    """The dataset's per-case metadata from case ids (e.g. VALDO cohorts), if it has any."""
-    if dataset is None:
-        return None
-    from cmbbench.datasets.registry import dataset_info
-
-    return dataset_info(dataset).case_meta
-
-
 @app.command("score")
 def score(
     pred: Annotated[Path, typer.Option("--pred", help="Folder of predicted NIfTI masks/maps.")],
@@ -126,7 +86,9 @@ def score(
     ] = "error",
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="Take the default rule and parameters of this dataset."),
+        typer.Option(
+            "--dataset", help="Score with this dataset's evaluator (its rule and parameters)."
+        ),
     ] = None,
     gt_instance: Annotated[
         bool,
@@ -148,29 +110,21 @@ def score(
 ) -> None:
     """Score predictions against ground truth: per-case counts, aggregate metrics with CIs."""
     try:
-        if rule is not None and rule not in _RULES:
-            raise fail(f"unknown rule {rule!r}; known rules: {', '.join(_RULES)}")
         if missing not in ("error", "empty"):
             raise fail(f"--missing must be 'error' or 'empty'; received {missing!r}")
         if workers is not None and workers < 1:
             raise fail(f"--workers must be >= 1; received {workers}")
-        chosen_rule, params = _resolve(
-            dataset,
-            {
-                "threshold": threshold,
-                "connectivity": connectivity,
-                "min_overlap_voxels": min_overlap_voxels,
-                "max_distance_mm": max_distance_mm,
-            },
-            rule,
+        from cmbbench.datasets.registry import dataset_info
+        from cmbbench.scoring.evaluator import Evaluator
+
+        info = dataset_info(dataset) if dataset is not None else None
+        evaluator = (info.evaluator if info is not None else Evaluator()).replace(
+            rule=rule,
+            connectivity=connectivity,
+            min_overlap_voxels=min_overlap_voxels,
+            max_distance_mm=max_distance_mm,
+            label_kind="instance" if gt_instance else None,
         )
-        if gt_instance:
-            params["gt_kind"] = "instance"
-        if chosen_rule == "valdo" and params["max_distance_mm"] is None:
-            raise fail(
-                "the valdo rule needs --max-distance-mm (its threshold was not published with "
-                "the challenge code)"
-            )
         from cmbbench.scoring.folder import score_folder
         from cmbbench.scoring.records import save_results
 
@@ -191,14 +145,14 @@ def score(
             report = score_folder(
                 pred,
                 gt,
-                rule=chosen_rule,
+                evaluator=evaluator,
+                threshold=0.5 if threshold is None else threshold,
                 missing=missing,  # type: ignore[arg-type]
                 workers=workers,
                 progress=progress,
                 n_bootstrap=n_bootstrap,
                 seed=seed,
-                case_meta=_case_meta(dataset),
-                **params,
+                case_meta=info.case_meta if info is not None else None,
             )
         if dataset is not None:
             report.info["dataset"] = dataset

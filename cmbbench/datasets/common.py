@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,12 @@ from cmbbench.cases import Case, CaseData, LabelKind
 from cmbbench.datasets.registry import Dataset, DatasetInfo
 from cmbbench.datasets.splits import count_bin, resolve_split
 from cmbbench.errors import InputError
-from cmbbench.io import load_nifti, strip_nifti_suffix
+from cmbbench.io import case_id_from_filename, load_nifti, strip_nifti_suffix
 
 log = logging.getLogger(__name__)
 
 #: tolerance (mm) when comparing the affines of an image and its label
 AFFINE_ATOL_MM = 1e-3
-
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 def require_root(info: DatasetInfo, root: str | os.PathLike[str] | None) -> Path:
@@ -77,10 +74,8 @@ def nifti_files(folder: Path) -> list[Path]:
 
 
 def image_case_id(name: str) -> str:
-    """Case id of an image file name: suffix stripped, and an nnU-Net channel suffix ``_0000`` too."""
-    stem = strip_nifti_suffix(name) or name
-    m = _NNUNET_CHANNEL.match(stem)
-    return m.group("case") if m and m.group("ch") == "0000" else stem
+    """Case id of an image file name (:func:`cmbbench.io.case_id_from_filename`, ``"image"``)."""
+    return case_id_from_filename(name, "image") or name
 
 
 def find_nifti(folder: Path, stem: str) -> Path | None:
@@ -292,9 +287,9 @@ def count_cmbs(label: np.ndarray | None, label_kind: str, *, connectivity: int =
     if label_kind == "instance":
         ids = np.unique(label)
         return int(np.count_nonzero(ids))
-    import cc3d
+    from cmbbench.scoring.components import label_volume
 
-    return int(cc3d.connected_components(np.asarray(label) > 0, connectivity=connectivity).max())
+    return int(label_volume(label, connectivity).max())
 
 
 # CMB counts of label files already read in this process, keyed by (path, size, mtime, kind):

@@ -310,7 +310,7 @@ def export_nnunet(
         "name": name,
         "description": "exported by cmbbench",
     }
-    from cmbbench.scoring.records import write_json_atomic
+    from cmbbench.io import write_json_atomic
 
     write_json_atomic(out / "dataset.json", spec)
     return out

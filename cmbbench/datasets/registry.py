@@ -1,19 +1,29 @@
 """The dataset registry: ``register_dataset``, ``load_dataset``, ``list_datasets``.
 
-Like ogb, a dataset decides its evaluator: each registered dataset declares its default
-scoring rule and parameters (:class:`DatasetInfo`), so ``cmbbench score`` and
-``cmbbench run`` need no flags to be correct.
+Like ogb, a dataset decides its evaluator: each registered dataset declares its scoring rule,
+the rule's parameters and its label kind (:class:`DatasetInfo`), bound in one
+:class:`~cmbbench.scoring.evaluator.Evaluator` (:attr:`DatasetInfo.evaluator`), so
+``cmbbench score``, ``run`` and ``evaluate`` need no flags to be correct.
+
+A dataset also owns its preparation: the options it wants under each recipe preset
+(:func:`options_for_recipe`) and, for a dataset that generates or caches its cases on load,
+a one-off preparation with a progress callback (:func:`prepare_dataset`). The engine and the
+CLI call these and never branch on a dataset's name.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cmbbench.cases import Case
 from cmbbench.errors import UnknownNameError
+from cmbbench.scoring.evaluator import Evaluator
+
+#: ``progress(done, total)`` of a dataset's generation or caching (cases)
+CountProgress = Callable[[int, int], None]
 
 # modules that register the built-in datasets when imported (imported lazily, on first use)
 _BUILTIN_MODULES = (
@@ -40,6 +50,19 @@ class DatasetInfo:
     #: per-case metadata derivable from a case id alone (e.g. VALDO's cohort from the
     #: subject number), attached to scoring records by ``cmbbench score --dataset``
     case_meta: Callable[[str], dict[str, Any]] | None = field(default=None, compare=False)
+    #: why the default rule is what it is, when that is not obvious (shown by ``data info``)
+    rule_note: str = ""
+    #: recipe preset -> the dataset options designed for it (the user's options win)
+    recipe_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the factory generates or caches cases when loaded and takes ``progress``: a
+    #: ``(done, total)`` callable, ``True`` (log) or ``False`` (silent)
+    generates: bool = False
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The dataset's evaluator: its rule, rule parameters, label kind, ignore regions."""
+        kind = self.label_kind if self.label_kind in ("mask", "instance", "points") else "mask"
+        return Evaluator(self.default_rule, dict(self.rule_params), label_kind=kind)  # type: ignore[arg-type]
 
 
 class Dataset(Sequence[Case]):
@@ -132,13 +155,47 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(
-    name: str, root: str | None = None, split: str | None = None, **options: Any
+    name: str,
+    root: str | None = None,
+    split: str | None = None,
+    *,
+    progress: CountProgress | bool | None = None,
+    **options: Any,
 ) -> Dataset:
     """Load a dataset by name: a lazy sequence of :class:`~cmbbench.cases.Case`.
 
     ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``None`` (all cases); ``options`` are
     dataset-specific (e.g. ``preset``/``n`` for ``synthetic``, ``split_file`` for any).
+    ``progress`` reaches datasets that generate or cache on load (:attr:`DatasetInfo.generates`):
+    a ``(done, total)`` callable, ``True`` (log) or ``False`` (silent); ``None`` keeps the
+    dataset's default. Other datasets load without one.
     """
-    dataset_info(name)  # raises for unknown names, listing the known ones
+    info = dataset_info(name)  # raises for unknown names, listing the known ones
     factory = _REGISTRY[name][1]
+    if progress is not None and info.generates:
+        options["progress"] = progress
     return factory(root=root, split=split, **options)
+
+
+def options_for_recipe(
+    name: str, recipe_preset: str, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The dataset options of a run under ``recipe_preset``: the dataset's own choice for that
+    preset (:attr:`DatasetInfo.recipe_options`, e.g. synthetic: recipe ``quick`` -> dataset
+    preset ``quick``), overridden by the user's ``options``."""
+    info = dataset_info(name)
+    return {**dict(info.recipe_options.get(recipe_preset, {})), **dict(options or {})}
+
+
+def prepare_dataset(
+    name: str,
+    root: str | None = None,
+    *,
+    progress: CountProgress | None = None,
+    **options: Any,
+) -> None:
+    """Generate or cache every case of a dataset that does so on load (once, in parallel,
+    reporting ``progress(done, total)``), so later split loads only read; a no-op for
+    datasets read from files."""
+    if dataset_info(name).generates:
+        load_dataset(name, root=root, split=None, progress=progress or False, **options)

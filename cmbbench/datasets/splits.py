@@ -190,7 +190,7 @@ def save_split_file(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``split_def`` as JSON to ``path`` atomically (validated first); ``meta`` goes under ``"_meta"``."""
-    from cmbbench.scoring.records import write_json_atomic
+    from cmbbench.io import write_json_atomic
 
     data: dict[str, Any] = {k: list(v) for k, v in split_def.items()}
     _validate(data, str(path))

@@ -32,9 +32,9 @@ def component_sizes(
     if label_kind == "instance":
         _ids, counts = np.unique(lab[lab > 0], return_counts=True)
         return counts.astype(np.int64)
-    import cc3d
+    from cmbbench.scoring.components import label_volume
 
-    cc = cc3d.connected_components(lab > 0, connectivity=connectivity)
+    cc = label_volume(lab, connectivity)
     return np.bincount(cc.ravel())[1:].astype(np.int64)
 
 

@@ -75,6 +75,11 @@ INFO = DatasetInfo(
     version="1",
     default_rule="overlap",
     rule_params={"min_overlap_voxels": 1},
+    rule_note=(
+        "overlap, not the challenge's own 'valdo' rule: the official code's distance "
+        "threshold was not published; score with --rule valdo --max-distance-mm D to "
+        "reproduce the challenge with a chosen D"
+    ),
     label_kind="mask",
     needs_root=True,
     case_meta=lambda case_id: {"cohort": cohort_meta(case_id)["cohort"]},

@@ -123,9 +123,9 @@ def cmb_sites(case: Case, *, connectivity: int = 26) -> list[tuple[np.ndarray, i
     if case.label_kind == "instance":
         cc = lab.astype(np.int64)
     else:
-        import cc3d
+        from cmbbench.scoring.components import label_volume
 
-        cc = cc3d.connected_components(lab > 0, connectivity=connectivity).astype(np.int64)
+        cc = label_volume(lab, connectivity).astype(np.int64)
     idx = np.nonzero(cc)
     ids = cc[idx]
     sites = []

@@ -96,6 +96,14 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def gather_by_case(items: dict[str, Any], order: Sequence[str], ctx: DistContext) -> list[Any]:
+    """Merge every rank's ``{case_id: value}`` and return the values in ``order``."""
+    merged: dict[str, Any] = {}
+    for part in gather_objects(items, ctx):
+        merged.update(part)
+    return [merged[k] for k in order]
+
+
 def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
     """Element-wise sum of ``values`` over ranks (float64; a copy for a single process)."""
     if not ctx.enabled:

@@ -1,185 +1,101 @@
-"""Prediction and lesion-level evaluation of a network on a list of cases, sharded over ranks.
+"""``cmbbench evaluate``: score a finished run's model on any split of any dataset.
 
-Used by the trainer's validation (lesion-level F1 on the validation split), by the
-post-processing tuning (validation split only) and by the test-split scoring of
-:func:`cmbbench.engine.run.run`. Under torchrun every rank handles ``cases[rank::world]``
-and the results are gathered (every rank gets them).
+:func:`evaluate_run` predicts each case exactly as the run predicted its own test split (the
+same weights, recipe and tuned post-processing, or the detector's fitted settings:
+:func:`cmbbench.engine.predictor.run_predictor`) and scores it with the target dataset's
+evaluator: how a model trained on one set does on another (more subjects of the synthetic
+set, or real data such as VALDO). Validation during training is
+:mod:`cmbbench.engine.validation`.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from cmbbench.cases import Case
-from cmbbench.engine.distributed import DistContext, all_reduce_sum, gather_objects, shard
-from cmbbench.engine.recipe import Recipe
-from cmbbench.models.detector import Divisor, round_up_to_divisor
-from cmbbench.scoring.records import CaseResult
-
-Normalizer = Callable[[np.ndarray], np.ndarray]
+from cmbbench import __version__
+from cmbbench.engine.progress import ProgressFn
+from cmbbench.engine.record import load_run_record
+from cmbbench.errors import CmbbenchError
+from cmbbench.scoring.records import ScoreReport
 
 
-def inference_window(
-    recipe: Recipe, shape: Sequence[int], divisor: Divisor
-) -> tuple[int, int, int]:
-    """The sliding window for an image of ``shape`` (voxels): the recipe's window, shrunk
-    along axes where the image (rounded up to ``divisor``, one int or one per axis) is
-    smaller."""
-    window = round_up_to_divisor(recipe.infer_patch_size, divisor)
-    image = round_up_to_divisor(shape, divisor)
-    return tuple(min(w, i) for w, i in zip(window, image, strict=True))  # type: ignore[return-value]
-
-
-def predict_probability(
-    model: nn.Module,
-    image: np.ndarray,
-    recipe: Recipe,
+def evaluate_run(
+    model_dir: str | os.PathLike[str],
+    dataset: str,
     *,
-    device: torch.device,
-    divisor: Divisor = 1,
-    name: str | None = None,
-) -> np.ndarray:
-    """CMB probability float32 (X, Y, Z) of a *normalised* image, by sliding-window inference
-    with the recipe's window, overlap and batch; mixed precision as in training
-    (:func:`cmbbench.engine.trainer.autocast_dtype`)."""
-    from cmbbench.engine.inference import sliding_window_predict
-    from cmbbench.engine.trainer import autocast_dtype
+    root: str | os.PathLike[str] | None = None,
+    split: str | None = "test",
+    dataset_options: dict[str, Any] | None = None,
+    device: str = "auto",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ScoreReport:
+    """Score the model of a finished run on ``split`` of ``dataset`` (``None``: every case).
 
-    return sliding_window_predict(
-        model,
-        image,
-        patch_size=inference_window(recipe, image.shape, divisor),
-        overlap=recipe.infer_overlap,
-        batch_size=recipe.infer_batch_size,
-        device=device,
-        amp=autocast_dtype(recipe, device) is not None,
-        divisor=divisor,
-        name=name,
+    Each case is predicted exactly as the run predicted its own test split (same weights,
+    recipe, tuned post-processing, or the detector's fitted settings) and scored with the
+    dataset's default rule, ignore regions and label kind; the report (per-case results and
+    aggregate metrics with ``n_bootstrap`` case-bootstrap CIs, seed ``seed``) can be saved
+    with :func:`cmbbench.scoring.records.save_results` and compared with ``cmbbench compare``.
+    ``dataset_options`` go to ``load_dataset``; on the run's own dataset they start from the
+    options (and root) the run was trained with, so ``{"seed": 1, "n": 40}`` gives 40
+    synthetic subjects of the run's preset that it never saw.
+    """
+    from cmbbench.datasets.registry import dataset_info, load_dataset
+    from cmbbench.engine.distributed import DistContext
+    from cmbbench.engine.environment import configure_openmp, resolve_device
+    from cmbbench.engine.predictor import predict_and_score, run_predictor
+    from cmbbench.engine.stages import generation_progress
+    from cmbbench.scoring.metrics import aggregate
+
+    configure_openmp()
+    run_dir = Path(model_dir)
+    record = load_run_record(run_dir)
+    info = dataset_info(dataset)
+    predict_one = run_predictor(run_dir, device=device, postprocessed=True, record=record)
+    root_s = None if root is None else str(root)
+    options = dict(dataset_options or {})
+    trained_on = record.dataset or {}
+    if trained_on.get("name") == dataset:  # the run's own dataset: its options, then the user's
+        options = {**dict(trained_on.get("options") or {}), **options}
+        if root_s is None and trained_on.get("root"):
+            root_s = str(trained_on["root"])
+    # cases not generated or cached yet are prepared on load: show it
+    cases = list(
+        load_dataset(
+            dataset, root=root_s, split=split, progress=generation_progress(progress), **options
+        )
     )
-
-
-def score_probability(
-    prob: np.ndarray,
-    case: Case,
-    *,
-    rule: str,
-    rule_params: dict[str, Any],
-    threshold: float,
-) -> CaseResult:
-    """Score a probability map against the case's label with the dataset's rule."""
-    from cmbbench.scoring.case import score_case
-
-    return score_case(
-        prob,
-        case.label,
-        affine=case.affine,
-        rule=rule,
-        threshold=threshold,
-        ignore=case.ignore,
-        lesion_attrs=case.meta.get("lesion_attrs"),
-        case_id=case.case_id,
-        meta=case_meta(case),
-        gt_kind=case.gt_kind,
-        **rule_params,
+    if not cases:
+        raise CmbbenchError(f"dataset {dataset!r}: split {split!r} holds no case")
+    evaluator = info.evaluator
+    scored = predict_and_score(
+        predict_one, cases, evaluator, ctx=DistContext(device=resolve_device(device)),
+        progress=progress,
+    )  # fmt: skip
+    results = scored.results
+    infer_s = scored.inference_seconds
+    return ScoreReport(
+        cases=results,
+        metrics=aggregate(results, n_bootstrap=n_bootstrap, seed=seed),
+        rule=evaluator.rule,
+        params=dict(results[0].params),
+        info={
+            "run": run_dir.name,
+            "model": record.model.get("name"),
+            "trained_on": record.dataset,
+            "dataset": {
+                "name": info.name,
+                "split": split,
+                "options": options,
+                "root": root_s,
+                "n_cases": len(cases),
+            },
+            "postprocess": record.postprocess,
+            "inference_seconds_per_case": infer_s / len(cases),
+        },
+        cmbbench_version=__version__,
     )
-
-
-def case_meta(case: Case) -> dict[str, Any]:
-    """The case attributes copied into its scoring record (cohort, protocol)."""
-    return {k: case.meta[k] for k in ("cohort", "protocol") if k in case.meta}
-
-
-@dataclass
-class ValidationSet:
-    """Normalised validation images kept in memory (this rank's shard) for repeated validation."""
-
-    cases: list[Case]
-    images: list[np.ndarray]
-
-    @classmethod
-    def build(cls, cases: Sequence[Case], normalize: Normalizer, ctx: DistContext) -> ValidationSet:
-        mine = shard(cases, ctx)
-        images = []
-        for c in mine:
-            images.append(np.asarray(normalize(np.asarray(c.image, np.float32)), np.float32))
-        return cls(mine, images)
-
-
-def lesion_f1(tp: float, fp: float, fn: float) -> float:
-    """Pooled F1 = 2TP / (2TP + FP + FN); NaN when there is nothing to count."""
-    denom = 2 * tp + fp + fn
-    return 2 * tp / denom if denom else math.nan
-
-
-class Validator:
-    """``validator(model) -> {"f1", "recall", "precision", "tp", "fp", "fn", "seconds"}``:
-    lesion counts pooled over the validation split at ``recipe.val_threshold`` (summed over
-    ranks). The probability maps of the latest call (this rank's shard) are kept in
-    :attr:`last_probs`, so the post-processing search can reuse them when the best checkpoint
-    is the one validated last."""
-
-    def __init__(
-        self,
-        val: ValidationSet,
-        recipe: Recipe,
-        *,
-        device: torch.device,
-        divisor: Divisor,
-        rule: str,
-        rule_params: dict[str, Any],
-        ctx: DistContext,
-        name: str | None = None,
-    ):
-        self.val, self.recipe, self.device, self.divisor = val, recipe, device, divisor
-        self.rule, self.rule_params, self.ctx, self.name = rule, rule_params, ctx, name
-        self.calls = 0
-        self.last_probs: dict[str, np.ndarray] | None = None
-
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        t0 = time.perf_counter()
-        tp = fp = fn = 0.0
-        probs: dict[str, np.ndarray] = {}
-        for case, image in zip(self.val.cases, self.val.images, strict=True):
-            prob = predict_probability(
-                model, image, self.recipe, device=self.device, divisor=self.divisor, name=self.name
-            )
-            probs[case.case_id] = prob
-            res = score_probability(
-                prob,
-                case,
-                rule=self.rule,
-                rule_params=self.rule_params,
-                threshold=self.recipe.val_threshold,
-            )
-            tp, fp, fn = tp + res.tp, fp + res.fp, fn + res.fn
-        self.last_probs = probs
-        self.calls += 1
-        tp, fp, fn = all_reduce_sum([tp, fp, fn], self.ctx)
-        return {
-            "f1": lesion_f1(tp, fp, fn),
-            "recall": tp / (tp + fn) if tp + fn else math.nan,
-            "precision": tp / (tp + fp) if tp + fp else math.nan,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "seconds": time.perf_counter() - t0,
-        }
-
-
-make_validator = Validator
-
-
-def gather_by_case(items: dict[str, Any], order: Sequence[str], ctx: DistContext) -> list[Any]:
-    """Merge every rank's ``{case_id: value}`` and return the values in ``order``."""
-    merged: dict[str, Any] = {}
-    for part in gather_objects(items, ctx):
-        merged.update(part)
-    return [merged[k] for k in order]

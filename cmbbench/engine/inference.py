@@ -188,3 +188,39 @@ def sliding_window_predict(
         model.train(was_training)
     result = (acc / norm)[: shape[0], : shape[1], : shape[2]]
     return result.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+
+
+def inference_window(recipe: Any, shape: Sequence[int], divisor: Divisor) -> tuple[int, int, int]:
+    """The sliding window (voxels) for an image of ``shape``: the recipe's
+    ``infer_patch_size``, shrunk along axes where the image (rounded up to ``divisor``, one
+    int or one per axis) is smaller."""
+    window = round_up_to_divisor(recipe.infer_patch_size, divisor)
+    image = round_up_to_divisor(shape, divisor)
+    return tuple(min(w, i) for w, i in zip(window, image, strict=True))  # type: ignore[return-value]
+
+
+def predict_probability(
+    model: Any,
+    image: np.ndarray,
+    recipe: Any,
+    *,
+    device: Any,
+    divisor: Divisor = 1,
+    name: str | None = None,
+) -> np.ndarray:
+    """CMB probability float32 (X, Y, Z) of a *normalised* image (X, Y, Z), by sliding-window
+    inference with the recipe's window, overlap and batch; mixed precision as in training
+    (:func:`cmbbench.engine.trainer.autocast_dtype`)."""
+    from cmbbench.engine.trainer import autocast_dtype
+
+    return sliding_window_predict(
+        model,
+        image,
+        patch_size=inference_window(recipe, image.shape, divisor),
+        overlap=recipe.infer_overlap,
+        batch_size=recipe.infer_batch_size,
+        device=device,
+        amp=autocast_dtype(recipe, device) is not None,
+        divisor=divisor,
+        name=name,
+    )

@@ -11,11 +11,13 @@ normalised. This module does not import torch.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 
-from cmbbench.errors import InputError
+from cmbbench.errors import CmbbenchError, InputError
 
 NormalizeMethod = Literal["zscore_foreground", "zscore", "none"]
 METHODS: tuple[str, ...] = ("zscore_foreground", "zscore", "none")
@@ -100,3 +102,10 @@ def normalize_image(
     data -= np.float32(mean)
     data /= np.float32(std)
     return data
+
+
+def normalizer(method: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-image normalisation named by ``recipe.normalize``, as a function of an image."""
+    if method not in METHODS:
+        raise CmbbenchError(f"recipe normalize {method!r}: expected one of {METHODS}")
+    return functools.partial(normalize_image, method=method)

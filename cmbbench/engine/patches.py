@@ -144,9 +144,9 @@ def prepare_volume(
             cuts = np.flatnonzero(np.diff(values)) + 1
             instances = list(np.split(coords, cuts))
         else:  # binary mask: label its components
-            import cc3d
+            from cmbbench.scoring.components import label_volume
 
-            comp = cc3d.connected_components((label > 0).astype(np.uint8), connectivity=26)
+            comp = label_volume(label > 0, 26)
             cvals = comp.reshape(-1)[lab_idx]
             order = np.argsort(cvals, kind="stable")
             cvals, coords = cvals[order], coords[order]

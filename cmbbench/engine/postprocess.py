@@ -11,15 +11,18 @@ probability. The two parameters are tuned on the validation split only
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import cc3d
 import numpy as np
 
 from cmbbench.cases import Case
 from cmbbench.errors import CmbbenchError, InputError
+from cmbbench.scoring.components import label_volume
+from cmbbench.scoring.evaluator import Evaluator
+from cmbbench.scoring.rates import detection_rates
 
 Connectivity = Literal[6, 18, 26]
 
@@ -48,9 +51,10 @@ class GridPoint:
 
     @property
     def f1(self) -> float:
-        """Lesion-level micro F1 = 2 TP / (2 TP + FP + FN); 0 when all counts are 0."""
-        d = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / d if d else 0.0
+        """Lesion-level micro F1 (:func:`cmbbench.scoring.rates.detection_rates`); a grid point
+        with nothing to count (no CMB, no prediction) scores 0 here, so it ranks lowest."""
+        f1 = detection_rates(self.tp, self.fp, self.fn).f1
+        return 0.0 if math.isnan(f1) else f1
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "f1": self.f1}
@@ -67,9 +71,7 @@ def _components(
     prob: np.ndarray, threshold: float, connectivity: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (X, Y, Z) of ``prob >= threshold`` and the size (voxels) of each label."""
-    labels = cc3d.connected_components(
-        np.ascontiguousarray(prob >= threshold), connectivity=connectivity
-    )
+    labels = label_volume(prob >= threshold, connectivity)
     return labels, np.bincount(labels.ravel())
 
 
@@ -95,25 +97,21 @@ def postprocess_grid(
     cases: Sequence[Case],
     thresholds: Sequence[float],
     min_sizes: Sequence[int],
+    evaluator: Evaluator | None = None,
     *,
-    rule: str = "overlap",
-    rule_params: Mapping[str, Any] | None = None,
     connectivity: Connectivity = 26,
 ) -> list[GridPoint]:
     """Score every (threshold, min_size) pair on the cases; micro-summed TP/FP/FN.
 
     ``probs[i]`` is the probability map (X, Y, Z) of ``cases[i]`` (labelled cases). Each
-    cleaned prediction is scored with :func:`cmbbench.scoring.case.score_case` under
-    ``rule`` and ``rule_params`` (e.g. ``{"max_distance_mm": 5.0}``), using the case's
-    affine, ignore mask and label.
+    cleaned prediction (a mask of the kept components) is scored by ``evaluator`` (the
+    dataset's; default: the overlap rule) against the case's label, affine and ignore mask.
     """
-    from cmbbench.scoring.case import score_case
-
+    evaluator = evaluator or Evaluator()
     if len(probs) != len(cases):
         raise CmbbenchError(f"got {len(probs)} probability maps for {len(cases)} cases")
     if not thresholds or not min_sizes:
         raise CmbbenchError("tune_postprocess needs at least one threshold and one min_size")
-    params = dict(rule_params or {})
     counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
     for prob, case in zip(probs, cases, strict=True):
         prob = _check_prob(prob, case.case_id)
@@ -130,18 +128,7 @@ def postprocess_grid(
                 keep = sizes >= max(int(m), 1)
                 keep[0] = False
                 mask = keep[labels].astype(np.uint8)
-                res = score_case(
-                    mask,
-                    case.label,
-                    affine=case.affine,
-                    rule=rule,
-                    connectivity=connectivity,
-                    pred_kind="mask",
-                    gt_kind=case.gt_kind,
-                    ignore=case.ignore,
-                    case_id=case.case_id,
-                    **params,
-                )
+                res = evaluator.evaluate(mask, case, pred_kind="mask", connectivity=connectivity)
                 c = counts[(float(t), int(m))]
                 c[0] += res.tp
                 c[1] += res.fp
@@ -183,9 +170,8 @@ def tune_postprocess(
     cases: Sequence[Case],
     thresholds: Sequence[float],
     min_sizes: Sequence[int],
+    evaluator: Evaluator | None = None,
     *,
-    rule: str = "overlap",
-    rule_params: Mapping[str, Any] | None = None,
     connectivity: Connectivity = 26,
 ) -> tuple[float, int]:
     """``(threshold, min_size)`` maximising lesion-level micro F1 on (validation) cases,
@@ -193,14 +179,6 @@ def tune_postprocess(
     arguments).
     """
     best = best_grid_point(
-        postprocess_grid(
-            probs,
-            cases,
-            thresholds,
-            min_sizes,
-            rule=rule,
-            rule_params=rule_params,
-            connectivity=connectivity,
-        )
+        postprocess_grid(probs, cases, thresholds, min_sizes, evaluator, connectivity=connectivity)
     )
     return best.threshold, best.min_size

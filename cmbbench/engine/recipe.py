@@ -22,7 +22,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from cmbbench.errors import CmbbenchError, UnknownNameError
 
-PresetName = Literal["tiny", "quick", "full"]
 PRESETS: tuple[str, ...] = ("tiny", "quick", "full")
 
 Triple = tuple[int, int, int]
@@ -290,17 +289,6 @@ def coerce_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if key == "lr" and v <= 0:
             raise RecipeError(f"recipe key 'lr': expected > 0, got {v}")
         out[key] = v
-    return out
-
-
-def parse_set_options(items: list[str]) -> dict[str, str]:
-    """``["lr=1e-3", "aug_flip=false"] -> {"lr": "1e-3", "aug_flip": "false"}`` (values stay strings)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"expected key=value, got {item!r}")
-        out[key.strip()] = value
     return out
 
 

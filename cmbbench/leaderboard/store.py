@@ -19,25 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmbbench.engine.record import RECORD_TYPE, hardware_of, read_record_json, recipe_fingerprint
 from cmbbench.errors import InputError
-from cmbbench.scoring.records import CaseResult, dumps
+from cmbbench.io import dumps
+from cmbbench.scoring.records import CaseResult
 
 log = logging.getLogger(__name__)
 
-RECORD_TYPE = "cmbbench-run"  # the "record_type" of a run record (cmbbench.engine.record)
-RECORD_NAME = "record.json"
 # per-case "params" entries that belong to the model's operating point, not to the rule
 MODEL_PARAMS: tuple[str, ...] = ("threshold",)
-# recipe keys that cannot change a run's numbers (the seed makes the seeds of one row; loader
-# processes draw the same batches as in-process sampling; checkpoint cadence is bookkeeping),
-# left out of the recipe fingerprint
-FINGERPRINT_NEUTRAL: tuple[str, ...] = ("seed", "num_workers", "checkpoint_every")
-# recipe keys added after records were published, with the value that reproduces the runs
-# made before they existed: at that value they are left out of the fingerprint, so a new
-# run of an unchanged recipe still joins the older records' row
-FINGERPRINT_ADDED: dict[str, Any] = {"optimizer_impl": "auto"}
-
-
 @dataclass(frozen=True)
 class GroupKey:
     """What a leaderboard table holds: one dataset version, one rule, one track."""
@@ -125,20 +115,6 @@ class RunEntry:
         return (self.model, self.recipe_label, self.hardware, self.fingerprint)
 
 
-def recipe_fingerprint(recipe: Mapping[str, Any], model_kwargs: Mapping[str, Any]) -> str:
-    """A short hash (8 hex digits) of everything that defines how a run was trained: the full
-    resolved recipe, minus :data:`FINGERPRINT_NEUTRAL` keys and :data:`FINGERPRINT_ADDED` keys
-    at their old behaviour's value, and the model's arguments."""
-    kept = {
-        k: v
-        for k, v in recipe.items()
-        if k not in FINGERPRINT_NEUTRAL
-        and not (k in FINGERPRINT_ADDED and v == FINGERPRINT_ADDED[k])
-    }
-    text = json.dumps({"recipe": kept, "model_kwargs": dict(model_kwargs)}, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-
-
 def rule_params_key(params: Mapping[str, Any]) -> str:
     """The scoring-rule parameters that define a table, as compact sorted JSON.
 
@@ -194,20 +170,6 @@ def _looks_like_record(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------- loading
-def _hardware(env: Mapping[str, Any]) -> tuple[str, str]:
-    """(row label, track class), e.g. ``("cuda:0 NVIDIA H100 80GB HBM3", "gpu")`` or
-    ``("cpu (AMD EPYC, 2 cores)", "cpu")``."""
-    device = str(env.get("device") or "unknown")
-    cls = "gpu" if device.startswith("cuda") else device.split(":")[0]
-    name = env.get("device_name")
-    if cls == "gpu":
-        return (f"{device} {name}" if name else device), cls
-    details = [str(name)] if name else []
-    if isinstance(env.get("cpu_count"), int):
-        details.append(f"{env['cpu_count']} cores")
-    return (f"{device} ({', '.join(details)})" if details else device), cls
-
-
 def _timings(t: Mapping[str, Any]) -> dict[str, float]:
     keys = {
         "train_s": "train_seconds",
@@ -237,14 +199,7 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -
     return value
 
 
-def _parse(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InputError("not a run record (expected a JSON object)")
-    if data.get("record_type") != RECORD_TYPE:
-        raise InputError(
-            f"not a cmbbench run record (record_type {data.get('record_type')!r}, "
-            f"expected {RECORD_TYPE!r})"
-        )
+def _parse(data: dict[str, Any]) -> dict[str, Any]:
     model = _require(data, "model", dict)
     if not isinstance(model.get("name"), str) or not model["name"]:
         raise InputError("malformed run record: 'model' has no 'name'")
@@ -275,13 +230,17 @@ def _parse(data: Any) -> dict[str, Any]:
             )
     env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
     timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
-    hardware, hw_class = _hardware(env)
+    hardware = data.get("hardware") if isinstance(data.get("hardware"), dict) else None
+    hardware = hardware or hardware_of(env)
+    fingerprint = data.get("recipe_fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        fingerprint = recipe_fingerprint(recipe, model_kwargs)
     return {
         "model": model["name"],
         "preset": str(data.get("recipe_preset") or "custom"),
         "overrides": {k: recipe.get(k) for k in sorted(overridden) if k != "seed"},
-        "hardware": hardware,
-        "hardware_class": hw_class,
+        "hardware": str(hardware["label"]),
+        "hardware_class": str(hardware["class"]),
         "dataset": dataset["name"],
         "version": str(dataset.get("version", "?")),
         "split": str(dataset.get("split", "test")),
@@ -290,23 +249,14 @@ def _parse(data: Any) -> dict[str, Any]:
         "params": params,
         "cases": cases,
         "timings": _timings(timings),
-        "fingerprint": recipe_fingerprint(recipe, model_kwargs),
+        "fingerprint": fingerprint,
     }
 
 
 def load_record(path: str | os.PathLike[str]) -> RunEntry:
     """Read one run record (``docs/run-record.md``) into a :class:`RunEntry`; a missing or
     malformed file raises :class:`InputError` naming the file and what is wrong."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RECORD_NAME
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError("no such run record", path=str(path)) from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"not a valid JSON run record ({err})", path=str(path)) from None
+    path, data = read_record_json(path)
     try:
         fields = _parse(data)
     except InputError as err:

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from cmbbench.errors import InputError
+from cmbbench.io import dumps
 from cmbbench.scoring.bootstrap import percentile_ci, resample_counts, two_sided_p, validate
 from cmbbench.scoring.metrics import CaseTable, headline_stats, prepare_cases
-from cmbbench.scoring.records import CaseResult, ScoreReport, dumps
+from cmbbench.scoring.records import CaseResult, ScoreReport
 
 SCHEMA = "cmbbench.compare/1"
 

@@ -172,12 +172,26 @@ def _label_sparse(
 def _label_dense(
     flat: NDArray[np.int64], shape: tuple[int, int, int], connectivity: int
 ) -> NDArray[np.int64]:
-    import cc3d
-
     mask = np.zeros(shape, dtype=bool)
     mask.reshape(-1)[flat] = True
-    labels = cc3d.connected_components(mask, connectivity=connectivity)
-    return labels.reshape(-1)[flat].astype(np.int64, copy=False)
+    return label_volume(mask, connectivity).reshape(-1)[flat].astype(np.int64, copy=False)
+
+
+def label_volume(mask: NDArray, connectivity: Connectivity = 26) -> NDArray[np.unsignedinteger]:
+    """Dense connected-component labels of a 3-D foreground (``mask`` non-zero): an unsigned
+    integer volume of the mask's shape, 0 for background and 1..N per component (cc3d, one
+    pass over the volume; numbered in cc3d's raster order of the input's memory layout, so
+    a C-contiguous input is numbered by ascending first voxel in C order). The one CMB labeller for dense label volumes
+    (training patches, post-processing, dataset summaries and pictures); scoring uses
+    :func:`label_mask`, which works from the foreground voxels only."""
+    import cc3d
+
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be 6, 18 or 26; received {connectivity!r}")
+    arr = np.asarray(mask)
+    if arr.dtype != bool:
+        arr = arr != 0
+    return cc3d.connected_components(arr, connectivity=connectivity)
 
 
 def label_mask(

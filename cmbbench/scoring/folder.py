@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -28,33 +27,14 @@ from typing import Any, Literal
 import numpy as np
 
 from cmbbench.errors import InputError
-from cmbbench.io import load_nifti, strip_nifti_suffix
-from cmbbench.scoring.case import GtKind, PredKind, check_affines, score_case
+from cmbbench.io import case_id_from_filename, load_nifti, strip_nifti_suffix
+from cmbbench.scoring.case import GtKind, PredKind, check_affines
+from cmbbench.scoring.evaluator import Evaluator
 from cmbbench.scoring.records import CaseResult, ScoreReport
 
 log = logging.getLogger(__name__)
 
-_BIDS = re.compile(r"^(sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)(?:_.*)?$")
-_NNUNET_CHANNEL = re.compile(r"^(.+)_\d{4}$")
 _LABEL_SUFFIX = "_CMB"
-
-
-def case_id_from_filename(name: str) -> str | None:
-    """Case id of a NIfTI file name (rules in the module docstring); ``None`` if not NIfTI.
-
-    ``'sub-101_space-T2S_CMB.nii.gz' -> 'sub-101'``, ``'case_0000.nii.gz' -> 'case'``,
-    ``'case.nii' -> 'case'``.
-    """
-    stem = strip_nifti_suffix(name)
-    if stem is None:
-        return None
-    m = _BIDS.match(stem)
-    if m:
-        return m.group(1)
-    m = _NNUNET_CHANNEL.match(stem)
-    if m:
-        return m.group(1)
-    return stem
 
 
 def index_folder(folder: str | os.PathLike[str], what: str) -> dict[str, Path]:
@@ -116,7 +96,8 @@ def _score_one(job: tuple[str, str | None, str, dict[str, Any]]) -> CaseResult:
                 case=case_id,
             )
         check_affines(pred_aff, gt_aff, case_id)
-    return score_case(pred, gt, affine=gt_aff, case_id=case_id, **kwargs)
+    evaluator: Evaluator = kwargs.pop("evaluator")
+    return evaluator.evaluate_arrays(pred, gt, affine=gt_aff, case_id=case_id, **kwargs)
 
 
 def pair_folders(
@@ -162,12 +143,13 @@ def score_folder(
     pred_dir: str | os.PathLike[str],
     gt_dir: str | os.PathLike[str],
     *,
+    evaluator: Evaluator | None = None,
     rule: str = "overlap",
     threshold: float = 0.5,
     connectivity: int = 26,
     min_overlap_voxels: int = 1,
     max_distance_mm: float | None = None,
-    gt_kind: GtKind = "auto",
+    gt_kind: GtKind | None = None,
     pred_kind: PredKind = "auto",
     missing: Literal["error", "empty"] = "error",
     workers: int | None = None,
@@ -178,8 +160,14 @@ def score_folder(
 ) -> ScoreReport:
     """Score every ground-truth case of ``gt_dir`` against ``pred_dir`` (NIfTI files).
 
-    Pairing, loading (``np.asarray(dataobj)``), shape and affine checks, then
-    :func:`~cmbbench.scoring.case.score_case` per case, in parallel over ``workers``
+    ``evaluator`` (e.g. a dataset's, :attr:`DatasetInfo.evaluator`) decides the rule, its
+    parameters and the label kind; without one, an evaluator is built from ``rule``,
+    ``connectivity``, ``min_overlap_voxels``, ``max_distance_mm`` (mm) and ``gt_kind``
+    (default ``"auto"``). ``gt_kind`` given with an evaluator overrides its label kind.
+    ``threshold`` binarises probability maps (``>=``).
+
+    Pairing, loading (``np.asarray(dataobj)``), shape and affine checks, then the evaluator
+    per case (:meth:`~cmbbench.scoring.evaluator.Evaluator.evaluate_arrays`), in parallel over ``workers``
     processes (default: all cores; ``1`` scores in this process). Results are in case-id
     order. ``progress(done, total, case_id)`` is called after each case. Aggregates come from
     :func:`cmbbench.scoring.metrics.aggregate` (``n_bootstrap`` case resamples, ``seed``).
@@ -194,13 +182,20 @@ def score_folder(
     pairs, unmatched = pair_folders(pred_dir, gt_dir, missing=missing)
     for cid in unmatched:
         log.warning("prediction %r has no ground truth; not scored", cid)
+    if evaluator is None:
+        evaluator = Evaluator(
+            rule,
+            {
+                "connectivity": connectivity,
+                "min_overlap_voxels": min_overlap_voxels,
+                "max_distance_mm": max_distance_mm,
+            },
+        )
+        gt_kind = gt_kind or "auto"
     kwargs: dict[str, Any] = {
-        "rule": rule,
+        "evaluator": evaluator,
         "threshold": threshold,
-        "connectivity": connectivity,
-        "min_overlap_voxels": min_overlap_voxels,
-        "max_distance_mm": max_distance_mm,
-        "gt_kind": gt_kind,
+        "gt_kind": evaluator.gt_kind if gt_kind is None else gt_kind,
         "pred_kind": pred_kind,
     }
     jobs = []
@@ -243,7 +238,7 @@ def score_folder(
     return ScoreReport(
         cases=cases,
         metrics=metrics,
-        rule=rule,
+        rule=evaluator.rule,
         params=dict(cases[0].params),
         info=info,
         cmbbench_version=__version__,

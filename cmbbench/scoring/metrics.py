@@ -58,9 +58,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmbbench.errors import InputError
+from cmbbench.io import dumps
 from cmbbench.scoring import froc
 from cmbbench.scoring.bootstrap import entry, ratio, resample_counts, validate
-from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport, dumps
+from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-RuleName = Literal["overlap", "distance", "valdo", "point"]
+from cmbbench.errors import InputError
+from cmbbench.io import jsonable, write_json_atomic
+
 RULES: tuple[str, ...] = ("overlap", "distance", "valdo", "point")
 
 SCHEMA_VERSION = 1
@@ -117,7 +118,7 @@ class CaseResult:
         d = asdict(self)
         d["spacing"] = list(self.spacing)
         d["shape"] = list(self.shape) if self.shape is not None else None
-        return _jsonable(d)
+        return jsonable(d)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CaseResult:
@@ -153,7 +154,7 @@ class ScoreReport:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "schema_version": self.schema_version,
                 "cmbbench_version": self.cmbbench_version,
@@ -178,45 +179,6 @@ class ScoreReport:
         )
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/tuples to plain JSON types; NaN/Inf become ``null``."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    return obj
-
-
-def dumps(data: Any) -> str:
-    """Deterministic JSON text (sorted keys, 2-space indent, trailing newline)."""
-    return json.dumps(_jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as deterministic JSON to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    text = dumps(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_results(results: ScoreReport | Sequence[CaseResult], path: str | os.PathLike[str]) -> Path:
     """Save a :class:`ScoreReport` (or a list of case results) as JSON; returns the path."""
     if not isinstance(results, ScoreReport):
@@ -231,8 +193,6 @@ def save_results(results: ScoreReport | Sequence[CaseResult], path: str | os.Pat
 
 def load_results(path: str | os.PathLike[str]) -> ScoreReport:
     """Load a JSON file written by :func:`save_results` (or a run record with ``cases``)."""
-    from cmbbench.errors import InputError
-
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -246,9 +206,3 @@ def load_results(path: str | os.PathLike[str]) -> ScoreReport:
         return ScoreReport.from_dict(data)
     except (TypeError, KeyError, ValueError) as err:
         raise InputError(f"malformed cmbbench result file ({err})", path=str(path)) from None
-
-
-def iter_lesions(cases: Iterable[CaseResult], side: Literal["gt", "pred"]) -> Iterable[Lesion]:
-    """All lesions of one side across cases."""
-    for c in cases:
-        yield from (c.gt if side == "gt" else c.pred)

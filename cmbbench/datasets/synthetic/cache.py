@@ -31,8 +31,7 @@ import numpy as np
 
 from cmbbench.cases import CaseData
 from cmbbench.errors import InputError
-from cmbbench.io import load_nifti, save_nifti
-from cmbbench.scoring.records import write_json_atomic
+from cmbbench.io import load_nifti, save_nifti, write_json_atomic
 
 log = logging.getLogger(__name__)
 

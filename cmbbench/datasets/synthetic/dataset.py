@@ -44,7 +44,7 @@ from cmbbench.datasets.synthetic.subjects import (
     subject_protocol,
 )
 from cmbbench.errors import InputError
-from cmbbench.scoring.records import write_json_atomic
+from cmbbench.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,13 @@ INFO = DatasetInfo(
     label_kind="instance",
     needs_root=False,
     expected_input_format="no input needed: generated locally (root = optional cache folder)",
+    # the dataset preset each recipe preset is designed for
+    recipe_options={
+        "tiny": {"preset": "tiny"},
+        "quick": {"preset": "quick"},
+        "full": {"preset": "default"},
+    },
+    generates=True,
 )
 
 

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # per-case "params" entries that belong to the model's operating point, not to the rule
 MODEL_PARAMS: tuple[str, ...] = ("threshold",)
+
+
 @dataclass(frozen=True)
 class GroupKey:
     """What a leaderboard table holds: one dataset version, one rule, one track."""

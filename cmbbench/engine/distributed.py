@@ -114,15 +114,6 @@ def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
-def broadcast_object(obj: Any, ctx: DistContext) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """``DistributedDataParallel(model)`` when distributed, else ``model`` unchanged."""
     if not ctx.enabled:

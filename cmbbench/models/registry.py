@@ -289,13 +289,6 @@ def _load_entry_points() -> None:
         )
 
 
-def reload_entry_points() -> None:
-    """Forget that entry points were loaded and load them again (after installing a package)."""
-    global _entry_points_loaded
-    _entry_points_loaded = False
-    _load_entry_points()
-
-
 def load_plugin(module_or_path: str) -> types.ModuleType:
     """Import a plug-in so its ``@register_model`` decorators run; returns the module.
 

@@ -508,3 +508,77 @@ def test_perfect_prediction():
     assert h["cpm"]["value"] == 1.0 and h["ap"]["value"] == 1.0
     assert h["dice_tp_micro"]["value"] == 1.0 and h["subject_f1_at_1"]["value"] == 1.0
     assert m["subject"]["1"]["specificity"] == 1.0
+
+
+def _reference_headline_stats(t, w):
+    """The headline statistics as first written (one matrix indexed by column number), kept
+    as the reference that the named-column version must reproduce bit for bit."""
+    from cmbbench.scoring.rates import ratio
+
+    pc = t.per_case()
+    pos_true, pos_pred = t.n_gt >= 1, t.n_pred >= 1
+    valdo_def = np.isfinite(t.valdo)
+    cols = np.stack(
+        [
+            t.tp,
+            t.fp,
+            t.fn,
+            t.n_gt,
+            *(np.where(pc[m][1], pc[m][0], 0.0) for m in ("recall", "precision", "f1")),
+            *(pc[m][1].astype(float) for m in ("recall", "precision", "f1")),
+            t.pair_n,
+            t.pair_dice,
+            t.pair_overlap2,
+            t.pair_size,
+            (pos_true & pos_pred).astype(float),
+            (~pos_true & pos_pred).astype(float),
+            (pos_true & ~pos_pred).astype(float),
+            np.where(valdo_def, t.valdo, 0.0),
+            valdo_def.astype(float),
+        ],
+        axis=1,
+    )
+    S = w @ cols
+    tp, fp, fn = S[:, 0], S[:, 1], S[:, 2]
+    out = {
+        "recall_micro": ratio(tp, tp + fn),
+        "precision_micro": ratio(tp, tp + fp),
+        "f1_micro": ratio(2 * tp, 2 * tp + fp + fn),
+        "recall_macro": ratio(S[:, 4], S[:, 7]),
+        "precision_macro": ratio(S[:, 5], S[:, 8]),
+        "f1_macro": ratio(S[:, 6], S[:, 9]),
+        "fp_per_scan": ratio(fp, w.sum(axis=1)),
+        "fp_per_cmb": ratio(fp, S[:, 3]),
+        "subject_f1_at_1": ratio(2 * S[:, 14], 2 * S[:, 14] + S[:, 15] + S[:, 16]),
+    }
+    if t.seg_reason is None:
+        out["dice_tp_macro"] = ratio(S[:, 11], S[:, 10])
+        out["dice_tp_micro"] = ratio(S[:, 12], S[:, 13])
+    if t.cases[0].rule == "valdo":
+        out["valdo_f1_mean"] = ratio(S[:, 17], S[:, 18])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_headline_stats_bitwise_equal_to_reference(seed):
+    from cmbbench.scoring.table import CaseTable, headline_stats, prepare_cases
+
+    rng = random.Random(seed)
+    rule = "valdo" if seed % 3 == 0 else "overlap"
+    cases = []
+    for i in range(rng.randint(1, 30)):
+        n_gt, n_pred = rng.choice([0, 0, 1, 2, 5, 11]), rng.choice([0, 0, 1, 3, 6])
+        tp = rng.randint(0, min(n_gt, n_pred))
+        kw: dict = {
+            "gt_sizes": [rng.randint(1, 50) for _ in range(n_gt)] or None,
+            "pred_sizes": [rng.randint(1, 50) for _ in range(n_pred)] or None,
+        }
+        if rule == "valdo":
+            kw["valdo_f1"] = None if n_gt == 0 else rng.random()
+        cases.append(make_case(f"c{i:02d}", n_gt, n_pred, tp, rule=rule, **kw))
+    t = CaseTable(prepare_cases(cases))
+    w = np.vstack([np.ones((1, t.n)), bootstrap.resample_counts(t.n, 64, seed)])
+    got, want = headline_stats(t, w), _reference_headline_stats(t, w)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key

@@ -19,7 +19,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cmbbench.errors import InputError
-from cmbbench.scoring.rates import ratio as ratio  # moved to rates.py; re-exported
 
 
 def validate(n_bootstrap: int, ci: float) -> None:

@@ -30,8 +30,8 @@ import numpy as np
 from cmbbench.errors import InputError
 from cmbbench.io import dumps
 from cmbbench.scoring.bootstrap import percentile_ci, resample_counts, two_sided_p, validate
-from cmbbench.scoring.metrics import CaseTable, headline_stats, prepare_cases
 from cmbbench.scoring.records import CaseResult, ScoreReport
+from cmbbench.scoring.table import CaseTable, headline_stats, prepare_cases
 
 SCHEMA = "cmbbench.compare/1"
 

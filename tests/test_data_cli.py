@@ -115,8 +115,10 @@ def test_generate_wires_export_tree(tmp_path, monkeypatch) -> None:
     def fake_export_tree(
         out_dir, *, n=None, preset="default", protocol=None, seed=0, workers=None, progress=None
     ):
+        from cmbbench.progress import ProgressEvent
+
         calls.update(out_dir=out_dir, n=n, preset=preset, protocol=protocol, seed=seed)
-        progress(1, 1)
+        progress(ProgressEvent("data", 1, 1, "generating synthetic data"))
         return out_dir
 
     monkeypatch.setattr(synthetic, "export_tree", fake_export_tree, raising=False)

@@ -116,10 +116,11 @@ def test_batching_and_progress_and_mode_restored():
         patch_size=(8, 8, 8),
         overlap=0.5,
         batch_size=5,
-        progress=lambda d, t: calls.append((d, t)),
+        progress=lambda ev: calls.append((ev.phase, ev.completed, ev.total)),
     )
     np.testing.assert_allclose(a, b, atol=1e-6)
-    assert calls[-1] == (27, 27) and len(calls) == 6  # 3³ windows, batches of 5
+    # the start, then 3³ windows in batches of 5: 0, 5, 10, 15, 20, 25, 27
+    assert calls[0] == ("infer", 0, 27) and calls[-1] == ("infer", 27, 27) and len(calls) == 7
     assert model.training
 
 

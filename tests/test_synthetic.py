@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
         preset="tiny",
         cache_dir=root,
         workers=2,
-        progress=lambda d, t: calls.append((d, t)),
+        progress=lambda ev: calls.append((ev.completed, ev.total)),
     )
     return ds, root, calls
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cmbbench.cli._app import app, console, err_console, fail
+from cmbbench.cli.progress import rich_progress
 from cmbbench.errors import CmbbenchError
 from cmbbench.options import parse_key_values
 
@@ -58,23 +56,9 @@ def _options(
     return options
 
 
-@contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar (on stderr) exposed as a ``progress(done, total)`` callback."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+def _progress():
+    """The CLI's progress renderer on stderr, removed when done (the output is a table)."""
+    return rich_progress(console=err_console, transient=True)
 
 
 def _load(name: str, root: Path | None, split: str | None, options: dict[str, Any]):
@@ -83,7 +67,7 @@ def _load(name: str, root: Path | None, split: str | None, options: dict[str, An
 
     root_s = str(root) if root is not None else None
     if dataset_info(name).generates:
-        with _progress(f"preparing {name}") as progress:
+        with _progress() as progress:
             return load_dataset(name, root=root_s, split=split, progress=progress, **options)
     return load_dataset(name, root=root_s, split=split, **options)
 
@@ -136,7 +120,7 @@ def info_command(
 
     try:
         ds = _load(name, root, split, _options(preset, split_file, seed, opt))
-        with _progress(f"reading {name}") as progress:
+        with _progress() as progress:
             s = summarize_dataset(ds, progress=progress)
     except CmbbenchError as err:
         raise fail(str(err)) from None
@@ -227,7 +211,7 @@ def generate_command(
     except ImportError as err:
         raise fail(f"the synthetic generator is not available ({err})") from None
     try:
-        with _progress("generating") as progress:
+        with _progress() as progress:
             path = export_tree(
                 out,
                 n=n,
@@ -265,7 +249,7 @@ def export_nnunet_command(
 
     try:
         ds = _load(name, root, split, _options(preset, split_file, seed, opt))
-        with _progress("exporting") as progress:
+        with _progress() as progress:
             path = export_nnunet(
                 ds,
                 out,

@@ -8,69 +8,16 @@ Long phases get rich progress bars with an ETA. Heavy modules (torch) are import
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cmbbench.cli._app import app, console, fail
+from cmbbench.cli.progress import rich_progress
 from cmbbench.engine.environment import configure_openmp
 from cmbbench.errors import CmbbenchError
 from cmbbench.options import parse_key_values
-
-_PHASE_LABEL = {
-    "data": "data",
-    "train": "training",
-    "validate": "validation",
-    "tune": "val predictions (tuning)",
-    "infer": "test inference + scoring",
-    "score": "scoring",
-}
-
-
-@contextmanager
-def rich_progress(enabled: bool = True):
-    """A ``progress(event)`` callback drawing one rich bar (with ETA) per phase."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    if not enabled:
-        yield None
-        return
-    bars = Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
-    tasks: dict[tuple[str, str], Any] = {}
-
-    def callback(ev) -> None:
-        key = (ev.phase, ev.description)
-        label = ev.description or _PHASE_LABEL.get(ev.phase, ev.phase)
-        info = "  ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in ev.metrics.items()
-            if v is not None
-        )
-        if key not in tasks:
-            tasks[key] = bars.add_task(label[:28], total=ev.total or None, info=info)
-        bars.update(tasks[key], completed=ev.completed, total=ev.total or None, info=info)
-
-    with bars:
-        yield callback
 
 
 def _load_plugins(plugins: list[str] | None) -> None:

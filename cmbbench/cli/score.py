@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cmbbench.cli._app import app, console, err_console, fail
+from cmbbench.cli.progress import rich_progress
 from cmbbench.errors import CmbbenchError
 
 CSV_COLUMNS = (
@@ -128,20 +128,7 @@ def score(
         from cmbbench.scoring.folder import score_folder
         from cmbbench.scoring.records import save_results
 
-        with Progress(
-            TextColumn("scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("", total=None)
-
-            def progress(done: int, total: int, case_id: str) -> None:
-                bar.update(task, completed=done, total=total, description=case_id)
-
+        with rich_progress(console=err_console, transient=True) as progress:
             report = score_folder(
                 pred,
                 gt,

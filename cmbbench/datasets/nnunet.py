@@ -40,6 +40,7 @@ from cmbbench.datasets.common import (
 from cmbbench.datasets.registry import Dataset, DatasetInfo, register_dataset
 from cmbbench.errors import InputError
 from cmbbench.io import load_nifti, save_nifti
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 INFO = DatasetInfo(
     name="nnunet",
@@ -249,14 +250,14 @@ def export_nnunet(
     name: str,
     channel_name: str = "T2S",
     extra_channels: Sequence[str] = (),
-    progress: Any = None,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Write ``dataset`` as the nnU-Net v2 raw folder ``out_dir/Dataset{ID:03d}_{name}``; returns it.
 
     Labelled cases go to ``imagesTr``/``labelsTr`` (labels: uint8, 0 background / 1 CMB; an
     instance map is binarised), unlabelled cases to ``imagesTs``. Images keep their affine
     and voxel order (float32). ``extra_channels`` names ``CaseData.extra`` channels written
-    as ``_0001``, ``_0002``... ``progress(done, total)`` is called after each case. Cases
+    as ``_0001``, ``_0002``... ``progress`` receives an ``"export"`` phase. Cases
     labelled only by points cannot be written (nnU-Net needs masks). Files are written
     atomically, ``dataset.json`` last.
     """
@@ -268,6 +269,7 @@ def export_nnunet(
     check_unique_ids((c.case_id, out) for c in dataset)
     n_train = 0
     total = len(dataset)
+    tracker = PhaseTracker(progress, "export", total, "exporting to nnU-Net")
     for i, case in enumerate(dataset):
         if case.label_kind == "points":
             raise InputError(
@@ -300,8 +302,7 @@ def export_nnunet(
             n_train += 1
         if not was_loaded:
             case.release()
-        if progress is not None:
-            progress(i + 1, total)
+        tracker.emit(i + 1)
     spec = {
         "channel_names": {str(k): ch for k, ch in enumerate([channel_name, *extra_channels])},
         "labels": {"background": 0, "CMB": 1},

@@ -20,10 +20,8 @@ from typing import Any
 
 from cmbbench.cases import Case
 from cmbbench.errors import UnknownNameError
+from cmbbench.progress import ProgressFn
 from cmbbench.scoring.evaluator import Evaluator
-
-#: ``progress(done, total)`` of a dataset's generation or caching (cases)
-CountProgress = Callable[[int, int], None]
 
 # modules that register the built-in datasets when imported (imported lazily, on first use)
 _BUILTIN_MODULES = (
@@ -55,7 +53,7 @@ class DatasetInfo:
     #: recipe preset -> the dataset options designed for it (the user's options win)
     recipe_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: the factory generates or caches cases when loaded and takes ``progress``: a
-    #: ``(done, total)`` callable, ``True`` (log) or ``False`` (silent)
+    #: :data:`~cmbbench.progress.ProgressFn`, ``True`` (log) or ``False`` (silent)
     generates: bool = False
 
     @property
@@ -159,7 +157,7 @@ def load_dataset(
     root: str | None = None,
     split: str | None = None,
     *,
-    progress: CountProgress | bool | None = None,
+    progress: ProgressFn | bool | None = None,
     **options: Any,
 ) -> Dataset:
     """Load a dataset by name: a lazy sequence of :class:`~cmbbench.cases.Case`.
@@ -167,7 +165,7 @@ def load_dataset(
     ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``None`` (all cases); ``options`` are
     dataset-specific (e.g. ``preset``/``n`` for ``synthetic``, ``split_file`` for any).
     ``progress`` reaches datasets that generate or cache on load (:attr:`DatasetInfo.generates`):
-    a ``(done, total)`` callable, ``True`` (log) or ``False`` (silent); ``None`` keeps the
+    a :data:`~cmbbench.progress.ProgressFn`, ``True`` (log) or ``False`` (silent); ``None`` keeps the
     dataset's default. Other datasets load without one.
     """
     info = dataset_info(name)  # raises for unknown names, listing the known ones
@@ -191,11 +189,11 @@ def prepare_dataset(
     name: str,
     root: str | None = None,
     *,
-    progress: CountProgress | None = None,
+    progress: ProgressFn | None = None,
     **options: Any,
 ) -> None:
     """Generate or cache every case of a dataset that does so on load (once, in parallel,
-    reporting ``progress(done, total)``), so later split loads only read; a no-op for
+    reporting a ``"data"`` phase to ``progress``), so later split loads only read; a no-op for
     datasets read from files."""
     if dataset_info(name).generates:
         load_dataset(name, root=root, split=None, progress=progress or False, **options)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cmbbench.cases import Case
 from cmbbench.datasets.splits import count_bin
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 COUNT_BINS = ("0", "1", "2-4", "5-10", ">10")
 
@@ -88,14 +89,15 @@ def summarize_dataset(
     *,
     name: str | None = None,
     split: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     connectivity: int = 26,
 ) -> DatasetSummary:
-    """Read every case's label once and collect the statistics (``progress(done, total)`` after each)."""
+    """Read every case's label once and collect the statistics (a ``"data"`` phase)."""
     s = DatasetSummary(
         name=name or getattr(dataset, "name", "?"), split=split or getattr(dataset, "split", None)
     )
     total = len(dataset)
+    tracker = PhaseTracker(progress, "data", total, f"reading {s.name}")
     for i, case in enumerate(dataset):
         s.n_cases += 1
         sp = tuple(round(v, 2) for v in case.spacing)
@@ -119,6 +121,5 @@ def summarize_dataset(
                     )
             if not was_loaded:
                 case.release()
-        if progress is not None:
-            progress(i + 1, total)
+        tracker.emit(i + 1)
     return s

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cmbbench import __version__
-from cmbbench.engine.progress import ProgressFn
 from cmbbench.engine.record import load_run_record
 from cmbbench.errors import CmbbenchError
+from cmbbench.progress import ProgressFn
 from cmbbench.scoring.records import ScoreReport
 
 
@@ -48,7 +48,6 @@ def evaluate_run(
     from cmbbench.engine.distributed import DistContext
     from cmbbench.engine.environment import configure_openmp, resolve_device
     from cmbbench.engine.predictor import predict_and_score, run_predictor
-    from cmbbench.engine.stages import generation_progress
     from cmbbench.scoring.metrics import aggregate
 
     configure_openmp()
@@ -65,9 +64,7 @@ def evaluate_run(
             root_s = str(trained_on["root"])
     # cases not generated or cached yet are prepared on load: show it
     cases = list(
-        load_dataset(
-            dataset, root=root_s, split=split, progress=generation_progress(progress), **options
-        )
+        load_dataset(dataset, root=root_s, split=split, progress=progress or False, **options)
     )
     if not cases:
         raise CmbbenchError(f"dataset {dataset!r}: split {split!r} holds no case")

@@ -9,7 +9,7 @@ weights, so window borders, where a convolution sees zero padding, count least.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,11 +17,10 @@ import numpy as np
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.errors import CmbbenchError
 from cmbbench.models.detector import Divisor, ModelShapeError, divisor_triple, round_up_to_divisor
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 if TYPE_CHECKING:
     import torch
-
-ProgressFn = Callable[[int, int], None]
 
 
 def gaussian_importance_map(
@@ -98,7 +97,7 @@ def sliding_window_predict(
     fraction of a window shared with its neighbour, in [0, 1). ``batch_size`` windows go
     through the model at a time. The model's output (logits) is turned into a probability
     with softmax (2 channels, class 1) or sigmoid (1 channel). ``amp``: autocast (float16 on
-    CUDA, bfloat16 on CPU). ``progress(done, total)`` is called after every batch.
+    CUDA, bfloat16 on CPU). ``progress`` receives an ``"infer"`` phase (windows done) after every batch.
     On the CPU the model's weights are put channels-last (:mod:`cmbbench.engine.layout`;
     values unchanged).
     The model is run in eval mode under ``torch.inference_mode`` and its mode restored.
@@ -152,6 +151,7 @@ def sliding_window_predict(
         )
     else:
         amp_ctx = torch.autocast(device_type=dev.type, enabled=False)
+    tracker = PhaseTracker(progress, "infer", len(corners), "sliding windows")
     was_training = getattr(model, "training", False)
     model.eval()
     to_channels_last(model, dev)
@@ -182,8 +182,7 @@ def sliding_window_predict(
                     )
                     acc[region] += p * weight
                     norm[region] += weight
-                if progress is not None:
-                    progress(min(i + batch_size, len(corners)), len(corners))
+                tracker.emit(min(i + batch_size, len(corners)))
     finally:
         model.train(was_training)
     result = (acc / norm)[: shape[0], : shape[1], : shape[2]]

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cmbbench.cases import Case
 from cmbbench.engine.augment import augment_patch
 from cmbbench.errors import InputError
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 Normalizer = Callable[[np.ndarray], np.ndarray]
 
@@ -170,17 +171,17 @@ def prepare_volume(
 def prepare_volumes(
     cases: Sequence[Case],
     normalize: Normalizer,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     *,
     hard_negatives: bool = False,
 ) -> list[TrainVolume]:
-    """:func:`prepare_volume` over ``cases`` (``progress(done, total)`` after each)."""
+    """:func:`prepare_volume` over ``cases``, reported as a ``"data"`` phase."""
+    tracker = PhaseTracker(progress, "data", len(cases), "preparing training volumes")
     out = []
     for i, case in enumerate(cases):
         out.append(prepare_volume(case, normalize, hard_negatives=hard_negatives))
         case.release()
-        if progress is not None:
-            progress(i + 1, len(cases))
+        tracker.emit(i + 1)
     return out
 
 

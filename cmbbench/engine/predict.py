@@ -23,9 +23,9 @@ import numpy as np
 
 from cmbbench.cases import Case, CaseData
 from cmbbench.engine.predictor import run_predictor
-from cmbbench.engine.progress import PhaseTracker, ProgressFn
 from cmbbench.errors import CmbbenchError, InputError
 from cmbbench.io import NIFTI_SUFFIXES, case_id_from_filename, load_nifti, save_nifti
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from cmbbench.cases import Case
-from cmbbench.engine.progress import PhaseTracker, ProgressFn
 from cmbbench.engine.record import RunRecord, load_run_record
 from cmbbench.errors import CmbbenchError, UnknownNameError
 from cmbbench.models.detector import Divisor, divisor_triple
+from cmbbench.progress import PhaseTracker, ProgressFn
 from cmbbench.scoring.evaluator import Evaluator
 from cmbbench.scoring.records import CaseResult
 

@@ -29,9 +29,9 @@ import numpy as np
 
 from cmbbench import __version__
 from cmbbench.engine.environment import DeviceName, configure_openmp, environment, resolve_device
-from cmbbench.engine.progress import ProgressFn
 from cmbbench.engine.record import RECORD_NAME, RunRecord
 from cmbbench.errors import CmbbenchError
+from cmbbench.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run(
     ``load_dataset``, over the dataset's own options for the recipe preset
     (:func:`cmbbench.datasets.registry.options_for_recipe`; synthetic: tiny -> tiny, quick ->
     quick, full -> default). ``model_kwargs``: passed to the model factory. ``progress``:
-    receives :class:`~cmbbench.engine.progress.ProgressEvent` for every long phase. Returns
+    receives :class:`~cmbbench.progress.ProgressEvent` for every long phase. Returns
     the :class:`RunRecord` (also written to ``out/record.json``).
     """
     configure_openmp()

@@ -18,8 +18,8 @@ from typing import Any
 
 from cmbbench.cases import Case
 from cmbbench.datasets.registry import Dataset, DatasetInfo
-from cmbbench.engine.progress import PhaseTracker, ProgressFn
 from cmbbench.errors import CmbbenchError
+from cmbbench.progress import PhaseTracker, ProgressFn
 from cmbbench.scoring.evaluator import Evaluator
 
 SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ def load_run_data(
     t0 = time.perf_counter()
     info = dataset_info(dataset)
     if ctx.is_main:
-        prepare_dataset(dataset, root=root, progress=generation_progress(progress), **options)
+        prepare_dataset(dataset, root=root, progress=progress, **options)
     barrier(ctx)
     tracker = PhaseTracker(progress, "data", len(SPLITS), f"loading {dataset} splits")
     splits = []
@@ -79,18 +79,6 @@ def load_run_data(
         if len(ds) == 0:
             raise CmbbenchError(f"dataset {dataset!r}: the {name} split is empty")
     return RunData(info, root, options, *splits, seconds=time.perf_counter() - t0)
-
-
-def generation_progress(progress: ProgressFn | None) -> Any:
-    """A dataset's ``progress(done, total)`` callback drawing one "data" phase."""
-    tracker: list[PhaseTracker] = []
-
-    def generated(done: int, total: int) -> None:
-        if not tracker:
-            tracker.append(PhaseTracker(progress, "data", total, "generating synthetic data"))
-        tracker[0].emit(done)
-
-    return generated
 
 
 # ------------------------------------------------------------------------------ networks
@@ -168,11 +156,10 @@ def fit_network(
     normalize = normalizer(recipe.normalize)
 
     t0 = time.perf_counter()
-    prep = PhaseTracker(progress, "data", len(data.train), "preparing training volumes")
     volumes = prepare_volumes(
         list(data.train),
         normalize,
-        lambda d, t: prep.emit(d),
+        progress,
         hard_negatives=recipe.hard_negative_fraction > 0,
     )
     val_set = ValidationSet.build(list(data.val), normalize, ctx)

@@ -39,9 +39,9 @@ from cmbbench.engine.distributed import (
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, make_loader
-from cmbbench.engine.progress import PhaseTracker, ProgressFn
 from cmbbench.engine.recipe import Recipe
 from cmbbench.errors import CmbbenchError
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from cmbbench.errors import InputError
 from cmbbench.io import case_id_from_filename, load_nifti, strip_nifti_suffix
+from cmbbench.progress import PhaseTracker, ProgressFn
 from cmbbench.scoring.case import GtKind, PredKind, check_affines
 from cmbbench.scoring.evaluator import Evaluator
 from cmbbench.scoring.records import CaseResult, ScoreReport
@@ -153,7 +154,7 @@ def score_folder(
     pred_kind: PredKind = "auto",
     missing: Literal["error", "empty"] = "error",
     workers: int | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressFn | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     case_meta: Callable[[str], Mapping[str, Any]] | None = None,
@@ -169,7 +170,7 @@ def score_folder(
     Pairing, loading (``np.asarray(dataobj)``), shape and affine checks, then the evaluator
     per case (:meth:`~cmbbench.scoring.evaluator.Evaluator.evaluate_arrays`), in parallel over ``workers``
     processes (default: all cores; ``1`` scores in this process). Results are in case-id
-    order. ``progress(done, total, case_id)`` is called after each case. Aggregates come from
+    order. ``progress`` receives a ``"score"`` phase (cases done; metric ``case``: the last one). Aggregates come from
     :func:`cmbbench.scoring.metrics.aggregate` (``n_bootstrap`` case resamples, ``seed``).
     ``case_meta(case_id)`` supplies per-case metadata (cohort, protocol, ...).
     A prediction without ground truth is logged as a warning and listed in
@@ -205,12 +206,12 @@ def score_folder(
             kw["meta"] = dict(case_meta(cid))
         jobs.append((cid, None if pp is None else str(pp), str(gp), kw))
     n_workers = max(1, min(workers or _n_cores(), len(jobs)))
+    tracker = PhaseTracker(progress, "score", len(jobs), "scoring")
     results: dict[str, CaseResult] = {}
     if n_workers == 1:
         for job in jobs:
             results[job[0]] = _score_one(job)
-            if progress is not None:
-                progress(len(results), len(jobs), job[0])
+            tracker.emit(len(results), case=job[0])
     else:
         with ProcessPoolExecutor(max_workers=n_workers) as pool:
             futures = {pool.submit(_score_one, job): job[0] for job in jobs}
@@ -224,8 +225,7 @@ def score_folder(
                             other.cancel()
                         raise err
                     results[futures[fut]] = fut.result()
-                    if progress is not None:
-                        progress(len(results), len(jobs), futures[fut])
+                    tracker.emit(len(results), case=futures[fut])
     cases = [results[cid] for cid, _, _ in pairs]
     metrics = aggregate(cases, n_bootstrap=n_bootstrap, seed=seed)
     info: dict[str, Any] = {

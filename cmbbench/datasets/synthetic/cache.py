@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -32,10 +32,10 @@ import numpy as np
 from cmbbench.cases import CaseData
 from cmbbench.errors import InputError
 from cmbbench.io import load_nifti, save_nifti, write_json_atomic
+from cmbbench.progress import PhaseTracker, ProgressFn
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 SUFFIXES = {
     "image": "_space-T2S_desc-masked_T2S.nii.gz",
     "mask": "_space-T2S_CMB.nii.gz",
@@ -167,17 +167,16 @@ def ensure_generated(
     specs: Sequence,
     *,
     workers: int | None = None,
-    progress: ProgressCallback | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[str]:
     """Generate (in parallel, ``workers`` processes; default all cores) every subject of
-    ``specs`` whose cached copy in ``folder`` is missing or stale. ``progress(done, total)``
-    is called after each subject (and once at the start). Returns the ids generated."""
+    ``specs`` whose cached copy in ``folder`` is missing or stale, reporting a ``"data"``
+    phase to ``progress`` (subjects ready of all). Returns the ids generated."""
     folder = Path(folder)
     total = len(specs)
     missing = [s for s in specs if not is_complete(folder, s.subject_id, s.fingerprint())]
     done = total - len(missing)
-    if progress is not None:
-        progress(done, total)
+    tracker = PhaseTracker(progress, "data", total, "generating synthetic data", offset=done)
     if not missing:
         return []
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,8 +192,7 @@ def ensure_generated(
         for spec in missing:
             made.append(_generate_and_write(str(folder), spec))
             done += 1
-            if progress is not None:
-                progress(done, total)
+            tracker.emit(done)
         return made
     # Linux: fork (workers inherit the loaded templates, and a user script without an
     # ``if __name__ == "__main__"`` guard still works); elsewhere the platform's safe spawn.
@@ -209,6 +207,5 @@ def ensure_generated(
         for fut in as_completed(futures):
             made.append(fut.result())
             done += 1
-            if progress is not None:
-                progress(done, total)
+            tracker.emit(done)
     return sorted(made)

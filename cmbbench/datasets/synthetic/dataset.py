@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from cmbbench.datasets.splits import (
     select,
 )
 from cmbbench.datasets.synthetic.cache import (
-    ProgressCallback,
     default_cache_dir,
     ensure_generated,
     load_subject_arrays,
@@ -45,6 +43,7 @@ from cmbbench.datasets.synthetic.subjects import (
 )
 from cmbbench.errors import InputError
 from cmbbench.io import write_json_atomic
+from cmbbench.progress import ProgressFn, log_progress
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +158,11 @@ def _split_def(preset, n, seed, protocol, split_file) -> SplitDef:
     return compute_splits(preset, n, seed, protocol)
 
 
-def _progress_fn(progress: bool | ProgressCallback | None) -> ProgressCallback | None:
+def _progress_fn(progress: bool | ProgressFn | None) -> ProgressFn | None:
     if callable(progress):
         return progress
     if progress:
-        return lambda done, total: log.info("synthetic: %d/%d subjects ready", done, total)
+        return log_progress(log, "synthetic: subjects ready")
     return None
 
 
@@ -200,7 +199,7 @@ def synthetic(
     protocol: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
-    progress: bool | ProgressCallback | None = True,
+    progress: bool | ProgressFn | None = True,
     split_file: str | os.PathLike[str] | None = None,
     lesion_model: LesionModel = "dipole",
 ) -> Dataset:
@@ -209,7 +208,7 @@ def synthetic(
     Subjects of the requested ``split`` (``None`` = all) that are not yet in the cache are
     generated in parallel (``workers`` processes, default all cores) and cached under
     ``cache_dir`` (else ``root``, else ``$CMBBENCH_CACHE``, else the user cache folder).
-    ``progress``: a callable ``(done, total)``, ``True`` (log at INFO) or ``False``.
+    ``progress``: a :data:`~cmbbench.progress.ProgressFn`, ``True`` (log at INFO) or ``False``.
     ``protocol`` forces one protocol for every subject; ``n`` overrides the preset size
     (subject ids are the same, so the first ``n`` subjects are shared across sizes).
     """
@@ -242,7 +241,7 @@ def export_tree(
     protocol: str | None = None,
     seed: int = 0,
     workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     lesion_model: LesionModel = "dipole",
 ) -> Path:
     """Write the dataset as a VALDO-style NIfTI tree under ``out_dir`` and return it.

@@ -1,7 +1,11 @@
 """Progress reporting for long phases: library code calls a callback, the CLI renders it.
 
+The one progress callback type of cmbbench is :data:`ProgressFn`: every long loop (dataset
+generation and summaries, exports, training, validation, inference, scoring a folder)
+reports through a :class:`PhaseTracker`, and the CLI draws every phase with one renderer.
 A callback receives :class:`ProgressEvent` objects. ``phase`` names the long phase
-(``"data"``, ``"train"``, ``"validate"``, ``"tune"``, ``"infer"``, ``"score"``), and
+(``"data"``, ``"train"``, ``"validate"``, ``"tune"``, ``"infer"``, ``"score"``,
+``"export"``), and
 ``completed``/``total`` map one-to-one onto a ``rich.progress`` task (``progress.update(task,
 completed=ev.completed, total=ev.total)``), whose time-remaining column gives the ETA. The
 event also carries its own ``eta_s`` estimate (seconds, from the phase's mean rate) for
@@ -29,6 +33,16 @@ class ProgressEvent:
 
 
 ProgressFn = Callable[[ProgressEvent], None]
+
+
+def log_progress(logger: Any, what: str) -> ProgressFn:
+    """A :data:`ProgressFn` that logs ``"<what>: done/total"`` at INFO (for library callers
+    without a progress bar)."""
+
+    def emit(ev: ProgressEvent) -> None:
+        logger.info("%s: %d/%d", what, ev.completed, ev.total)
+
+    return emit
 
 
 class PhaseTracker:

@@ -45,7 +45,9 @@ from cmbbench.progress import PhaseTracker, ProgressFn
 
 logger = logging.getLogger(__name__)
 
-Validator = Callable[[nn.Module], dict[str, float]]
+#: ``validate(model) -> {"f1": ..., ...}``: the trainer's validation callback
+#: (:class:`cmbbench.engine.validation.Validator` is the engine's)
+ValidateFn = Callable[[nn.Module], dict[str, float]]
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -166,6 +168,152 @@ def _set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+@dataclass
+class _History:
+    """What a (possibly resumed) training has done so far; saved in ``last.pt``."""
+
+    start: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    losses: list[float] = field(default_factory=list)  # one per step, from step 0
+    skipped: list[int] = field(default_factory=list)  # steps whose update was skipped
+    validations: list[dict[str, float]] = field(default_factory=list)
+
+
+def _resume(
+    last_path: Path, model: nn.Module, optimizer: Any, scaler: Any, device: torch.device
+) -> _History:
+    """Model, optimizer, grad-scaler and RNG state, and the history, from ``last.pt``."""
+    state = load_checkpoint(last_path, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CmbbenchError(
+            f"checkpoint {last_path} does not fit this model/recipe ({err})"
+        ) from None
+    if "scaler" in state and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    start = int(state["step"])
+    history = _History(
+        start=start,
+        best_metric=state.get("best_metric"),
+        best_step=state.get("best_step"),
+        losses=[float(v) for v in state.get("losses", [])][:start],
+        skipped=[int(v) for v in state.get("skipped_steps", []) if int(v) < start],
+        validations=[dict(v) for v in state.get("validations", [])],
+    )
+    _set_rng_state(state.get("rng", {}))
+    logger.info("resumed from %s at step %d", last_path, start)
+    return history
+
+
+def _batch_loss(
+    train_model: nn.Module,
+    criterion: CmbLoss,
+    batch: dict[str, Any],
+    recipe: Recipe,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """The recipe's loss on one batch (plus deep-supervision terms on ``aux_outputs``)."""
+    image = channels_last_input(batch["image"].to(device, non_blocking=True), device)
+    target = batch["label"].to(device, non_blocking=True)
+    valid = batch["valid"].to(device, non_blocking=True)
+    with torch.autocast(
+        device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
+        logits = train_model(image)
+    if logits.shape[0] != image.shape[0] or logits.shape[2:] != image.shape[2:]:
+        raise CmbbenchError(
+            f"model output shape {tuple(logits.shape)} does not match its input "
+            f"{tuple(image.shape)} (expected (B, 1 or 2, *spatial))"
+        )
+    loss = criterion(logits.float(), target, valid)
+    if recipe.deep_supervision_weights:
+        aux = list(getattr(unwrap_model(train_model), "aux_outputs", None) or [])
+        if len(aux) != len(recipe.deep_supervision_weights):
+            raise CmbbenchError(
+                f"recipe deep_supervision_weights has {len(recipe.deep_supervision_weights)} "
+                f"entries but the model left {len(aux)} tensors in model.aux_outputs"
+            )
+        for w, out in zip(recipe.deep_supervision_weights, aux, strict=True):
+            loss = loss + w * criterion(out.float(), target, valid)
+    return loss
+
+
+def _update(
+    train_model: nn.Module,
+    optimizer: Any,
+    scaler: Any,
+    loss: torch.Tensor,
+    recipe: Recipe,
+    *,
+    step: int,
+    amp_dtype: torch.dtype | None,
+    history: _History,
+    run_of_skips: int,
+) -> int:
+    """Backward and optimizer step, or a skipped step when the gradients are not finite;
+    returns the number of consecutive skipped steps (an error after
+    :data:`MAX_CONSECUTIVE_SKIPS`)."""
+    # backward even when the loss is not finite: under DDP every rank must join the
+    # gradient all-reduce; the (then non-finite) gradients make the step a skipped one
+    scaler.scale(loss).backward()
+    if recipe.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(train_model.parameters(), recipe.grad_clip)
+    if scaler.is_enabled() or _gradients_finite(train_model):
+        scaler.step(optimizer)  # the float16 grad scaler skips non-finite steps itself
+        run_of_skips = 0
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        history.skipped.append(step)
+        run_of_skips += 1
+        logger.warning(
+            "step %d: non-finite loss or gradients (%s mixed precision); step skipped",
+            step,
+            "no" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+        )
+        if run_of_skips >= MAX_CONSECUTIVE_SKIPS:
+            raise CmbbenchError(
+                f"training diverged: {run_of_skips} consecutive steps up to step {step} had "
+                "non-finite loss or gradients (try a lower --lr, --set grad_clip=1, or "
+                "--set amp_cpu=off)"
+            )
+    scaler.update()
+    return run_of_skips
+
+
+def _validate(
+    validate: ValidateFn,
+    model: nn.Module,
+    train_model: nn.Module,
+    done: int,
+    history: _History,
+    best_path: Path,
+    ctx: DistContext,
+) -> None:
+    """Validate at step ``done``; a new best F1 (NaN counts as 0) is saved as ``best.pt``."""
+    train_model.eval()
+    with torch.no_grad():
+        metrics = dict(validate(unwrap_model(model)))
+    train_model.train()
+    f1 = metrics.get("f1")
+    f1 = 0.0 if f1 is None or not math.isfinite(f1) else float(f1)
+    metrics = {"step": done, **metrics, "f1": f1}
+    history.validations.append(metrics)
+    if history.best_metric is None or f1 > history.best_metric:
+        history.best_metric, history.best_step = f1, done
+        if ctx.is_main:
+            save_checkpoint(
+                best_path,
+                {"model": unwrap_model(model).state_dict(), "step": done, "best_metric": f1},
+            )
+        barrier(ctx)
+    logger.info("step %d: val %s", done, metrics)
+
+
 def train(
     model: nn.Module,
     sampler: PatchSampler,
@@ -173,7 +321,7 @@ def train(
     *,
     out_dir: str | Path,
     device: torch.device,
-    validate: Validator | None = None,
+    validate: ValidateFn | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
     dist_ctx: DistContext | None = None,
@@ -192,37 +340,15 @@ def train(
     to_channels_last(model.to(device), device)
     optimizer = make_optimizer(model, recipe)
     amp_dtype = autocast_dtype(recipe, device)
-    use_amp = amp_dtype is not None
     # loss scaling is needed for float16 only (bfloat16 has float32's range)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = CmbLoss.from_recipe(recipe)
-    start = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    losses: list[float] = []
-    skipped: list[int] = []  # steps whose update was skipped (non-finite loss/gradients)
-    validations: list[dict[str, float]] = []
+    history = _History()
     if resume and last_path.exists():
-        state = load_checkpoint(last_path, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CmbbenchError(
-                f"checkpoint {last_path} does not fit this model/recipe ({err})"
-            ) from None
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-        best_metric = state.get("best_metric")
-        best_step = state.get("best_step")
-        losses = [float(v) for v in state.get("losses", [])][:start]
-        skipped = [int(v) for v in state.get("skipped_steps", []) if int(v) < start]
-        validations = [dict(v) for v in state.get("validations", [])]
-        _set_rng_state(state.get("rng", {}))
-        logger.info("resumed from %s at step %d", last_path, start)
+        history = _resume(last_path, model, optimizer, scaler, device)
     elif resume:
         logger.info("--resume: no checkpoint at %s, starting from step 0", last_path)
+    start = history.start
     if start > recipe.steps:
         raise CmbbenchError(
             f"checkpoint {last_path} is at step {start}, beyond this recipe's {recipe.steps} steps"
@@ -252,68 +378,26 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
-            "best_metric": best_metric,
-            "best_step": best_step,
-            "losses": list(losses),
-            "skipped_steps": list(skipped),
-            "validations": [dict(v) for v in validations],
+            "best_metric": history.best_metric,
+            "best_step": history.best_step,
+            "losses": list(history.losses),
+            "skipped_steps": list(history.skipped),
+            "validations": [dict(v) for v in history.validations],
             "rng": _rng_state(),
             "recipe": recipe.to_dict(),
         }
 
     for batch in loader:
         step = int(batch["step"])
-        image = channels_last_input(batch["image"].to(device, non_blocking=True), device)
-        target = batch["label"].to(device, non_blocking=True)
-        valid = batch["valid"].to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(recipe, step)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp
-        ):
-            logits = train_model(image)
-        if logits.shape[0] != image.shape[0] or logits.shape[2:] != image.shape[2:]:
-            raise CmbbenchError(
-                f"model output shape {tuple(logits.shape)} does not match its input "
-                f"{tuple(image.shape)} (expected (B, 1 or 2, *spatial))"
-            )
-        loss = criterion(logits.float(), target, valid)
-        if recipe.deep_supervision_weights:
-            aux = list(getattr(unwrap_model(train_model), "aux_outputs", None) or [])
-            if len(aux) != len(recipe.deep_supervision_weights):
-                raise CmbbenchError(
-                    f"recipe deep_supervision_weights has {len(recipe.deep_supervision_weights)} "
-                    f"entries but the model left {len(aux)} tensors in model.aux_outputs"
-                )
-            for w, out in zip(recipe.deep_supervision_weights, aux, strict=True):
-                loss = loss + w * criterion(out.float(), target, valid)
-        # backward even when the loss is not finite: under DDP every rank must join the
-        # gradient all-reduce; the (then non-finite) gradients make the step a skipped one
-        scaler.scale(loss).backward()
-        if recipe.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(train_model.parameters(), recipe.grad_clip)
-        if scaler.is_enabled() or _gradients_finite(train_model):
-            scaler.step(optimizer)  # the float16 grad scaler skips non-finite steps itself
-            run_of_skips = 0
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            skipped.append(step)
-            run_of_skips += 1
-            logger.warning(
-                "step %d: non-finite loss or gradients (%s mixed precision); step skipped",
-                step,
-                "no" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-            )
-            if run_of_skips >= MAX_CONSECUTIVE_SKIPS:
-                raise CmbbenchError(
-                    f"training diverged: {run_of_skips} consecutive steps up to step {step} had "
-                    "non-finite loss or gradients (try a lower --lr, --set grad_clip=1, or "
-                    "--set amp_cpu=off)"
-                )
-        scaler.update()
-        losses.append(float(loss.detach()))
+        loss = _batch_loss(train_model, criterion, batch, recipe, device, amp_dtype)
+        run_of_skips = _update(
+            train_model, optimizer, scaler, loss, recipe,
+            step=step, amp_dtype=amp_dtype, history=history, run_of_skips=run_of_skips,
+        )  # fmt: skip
+        history.losses.append(float(loss.detach()))
         done = step + 1
         steps_run += 1
         now = time.perf_counter()
@@ -321,51 +405,31 @@ def train(
 
         if validate is not None and (done % recipe.val_every == 0 or done == recipe.steps):
             t0 = time.perf_counter()
-            train_model.eval()
-            with torch.no_grad():
-                metrics = dict(validate(unwrap_model(model)))
-            train_model.train()
+            _validate(validate, model, train_model, done, history, best_path, ctx)
             val_s += time.perf_counter() - t0
-            f1 = metrics.get("f1")
-            f1 = 0.0 if f1 is None or not math.isfinite(f1) else float(f1)
-            metrics = {"step": done, **metrics, "f1": f1}
-            validations.append(metrics)
-            if best_metric is None or f1 > best_metric:
-                best_metric, best_step = f1, done
-                if ctx.is_main:
-                    save_checkpoint(
-                        best_path,
-                        {
-                            "model": unwrap_model(model).state_dict(),
-                            "step": done,
-                            "best_metric": f1,
-                        },
-                    )
-                barrier(ctx)
-            logger.info("step %d: val %s", done, metrics)
         if done % recipe.checkpoint_every == 0 or done == recipe.steps or done == stop:
             if ctx.is_main:
                 save_checkpoint(last_path, state_dict(done))
             barrier(ctx)
-        recent = losses[-20:]
-        tracker.emit(done, loss=sum(recent) / len(recent), best_f1=best_metric)
+        recent = history.losses[-20:]
+        tracker.emit(done, loss=sum(recent) / len(recent), best_f1=history.best_metric)
         t_step = time.perf_counter()
 
     final_step = start + steps_run
     if validate is None and final_step == recipe.steps and ctx.is_main:
         save_checkpoint(best_path, {"model": unwrap_model(model).state_dict(), "step": final_step})
-        best_step = final_step
+        history.best_step = final_step
     barrier(ctx)
     return TrainResult(
         steps=final_step,
         start_step=start,
-        best_step=best_step,
-        best_metric=best_metric,
+        best_step=history.best_step,
+        best_metric=history.best_metric,
         best_checkpoint=best_path if best_path.exists() else None,
         last_checkpoint=last_path if last_path.exists() else None,
-        losses=losses,
-        skipped_steps=skipped,
-        validations=validations,
+        losses=history.losses,
+        skipped_steps=history.skipped,
+        validations=history.validations,
         train_seconds=train_s,
         val_seconds=val_s,
         seconds_per_step=train_s / steps_run if steps_run else None,

@@ -372,3 +372,76 @@ def test_result_roundtrips_through_json(tmp_path):
     save_results([r], tmp_path / "r.json")
     back = load_results(tmp_path / "r.json").cases[0]
     assert back == r
+
+
+# ------------------------------------------------------------------ rule parameters
+def test_rule_params_defaults_per_rule():
+    from cmbbench.scoring.rules import DEFAULT_MAX_DISTANCE_MM, RULES, rule_params
+
+    assert RULES == ("overlap", "distance", "valdo", "point")
+    assert DEFAULT_MAX_DISTANCE_MM == 5.0
+    assert rule_params("overlap") == {"connectivity": 26, "threshold": 0.5, "min_overlap_voxels": 1}
+    assert rule_params("distance") == {"connectivity": 26, "threshold": 0.5, "max_distance_mm": 5.0}
+    assert rule_params("point") == {"connectivity": 26, "threshold": 0.5, "max_distance_mm": None}
+    assert rule_params("valdo", max_distance_mm=2) == {
+        "connectivity": 26,
+        "threshold": 0.5,
+        "max_distance_mm": 2.0,
+    }
+    # values are normalised to the recorded types
+    p = rule_params("overlap", threshold=1, connectivity=np.int64(6), min_overlap_voxels=3.0)
+    assert p == {"connectivity": 6, "threshold": 1.0, "min_overlap_voxels": 3}
+    assert type(p["connectivity"]) is int and type(p["threshold"]) is float
+    assert type(p["min_overlap_voxels"]) is int
+
+
+@pytest.mark.parametrize(
+    ("rule", "kwargs"),
+    [
+        ("overlap", {}),
+        ("overlap", {"min_overlap_voxels": 2, "connectivity": 6}),
+        ("distance", {}),
+        ("distance", {"max_distance_mm": 3}),
+        ("point", {}),
+        ("point", {"max_distance_mm": 2.5, "threshold": 0.3}),
+        ("valdo", {"max_distance_mm": 4.0}),
+    ],
+)
+def test_rule_params_is_what_score_case_records(rule, kwargs):
+    from cmbbench.scoring.rules import rule_params
+
+    gt = vol(cube(2, 4))
+    r = score_case(vol(cube(2, 4)), gt, spacing=ONE, rule=rule, **kwargs)
+    assert r.params == rule_params(rule, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("rule", "kwargs", "message"),
+    [
+        ("overlap", {"connectivity": 8}, "connectivity must be 6, 18 or 26"),
+        ("overlap", {"threshold": 0.0}, "threshold must be in (0, 1]"),
+        ("overlap", {"min_overlap_voxels": 1.5}, "min_overlap_voxels must be an integer >= 1"),
+        ("distance", {"max_distance_mm": -1.0}, "max_distance_mm must be > 0"),
+        ("point", {"max_distance_mm": math.inf}, "max_distance_mm must be > 0"),
+        ("valdo", {}, "the valdo rule needs its distance threshold"),
+        ("valdo", {"max_distance_mm": 1.0, "connectivity": 6}, "fixes connectivity 26"),
+        ("valdo", {"max_distance_mm": 1.0, "threshold": 0.4}, "fixes connectivity 26"),
+    ],
+)
+def test_rule_params_errors(rule, kwargs, message):
+    from cmbbench.scoring.rules import rule_params
+
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        rule_params(rule, **kwargs)
+    with pytest.raises(InputError, match="case 'c7'"):
+        rule_params(rule, case_id="c7", **kwargs)
+    with pytest.raises(UnknownNameError, match="known rules"):
+        rule_params("nearest")
+
+
+def test_unknown_input_kinds_are_errors():
+    gt = vol(cube(2, 4))
+    with pytest.raises(InputError, match="pred_kind must be one of"):
+        score_case(gt, gt, spacing=ONE, pred_kind="map")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="gt_kind must be one of"):
+        score_case(gt, gt, spacing=ONE, gt_kind="labels")  # type: ignore[arg-type]

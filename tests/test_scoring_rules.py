@@ -195,6 +195,9 @@ def test_valdo_exact_tie_makes_two_tps():
     assert (r.n_gt, r.n_pred, r.tp, r.fp, r.fn) == (1, 2, 2, 0, 0)
     assert r.valdo_f1 == 1.0
     assert len(r.pairs) == 2
+    # the per-case CSV columns: recall stays TP / n_gt = 2 (not TP / (TP + FN) = 1), precision
+    # 2 / 2 = 1, F1 = 4 / 4 = 1
+    assert (r.recall, r.precision, r.f1) == (2.0, 1.0, 1.0)
     # not a tie: predictions 2 and 3 mm away -> the closer is TP, the other FP;
     # F1 = 2 / (0 + 1 + 2) = 2/3
     pred = vol(vox(5, 5, 3), vox(5, 5, 8))

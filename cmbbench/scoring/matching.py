@@ -23,6 +23,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from cmbbench.scoring.rates import detection_rates
+
 _ROW_CHUNK = 1_000_000  # distance-matrix entries per block in match_valdo
 
 
@@ -199,12 +201,16 @@ def match_point(
 
 def valdo_f1(tp: int, fp: int, fn: int, n_pred: int, n_gt: int) -> float:
     """The official per-case F1: NaN when the ground truth is empty, 0 when the prediction
-    is empty (and the ground truth is not), else ``2 TP / (FN + FP + 2 TP)``."""
+    is empty (and the ground truth is not), else ``2 TP / (FN + FP + 2 TP)``.
+
+    Only the first case departs from :func:`~cmbbench.scoring.rates.detection_rates`' F1
+    (which is 0 for predictions without ground truth); the second is what it gives anyway.
+    """
     if n_gt == 0:
         return math.nan
     if n_pred == 0:
         return 0.0
-    return 2.0 * tp / (fn + fp + 2.0 * tp)
+    return detection_rates(tp, fp, fn).f1
 
 
 def match_valdo(

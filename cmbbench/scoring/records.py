@@ -17,6 +17,7 @@ from typing import Any
 
 from cmbbench.errors import InputError
 from cmbbench.io import jsonable, write_json_atomic
+from cmbbench.scoring.rates import DetectionRates, detection_rates
 
 RULES: tuple[str, ...] = ("overlap", "distance", "valdo", "point")
 
@@ -90,19 +91,27 @@ class CaseResult:
     # ------------------------------------------------------------------ helpers
     @property
     def recall(self) -> float:
-        """Per-case recall; NaN when there is no CMB."""
+        """Per-case recall ``TP / n_gt``; NaN when there is no CMB.
+
+        Deliberately not :func:`~cmbbench.scoring.rates.detection_rates`' ``TP / (TP + FN)``:
+        the two agree whenever ``TP + FN == n_gt``, but a ``valdo`` exact tie (two TPs on one
+        CMB) breaks that, and the per-case CSV has always reported ``TP / n_gt``.
+        """
         return self.tp / self.n_gt if self.n_gt else math.nan
 
     @property
     def precision(self) -> float:
-        """Per-case precision; NaN when there is no prediction."""
-        return self.tp / self.n_pred if self.n_pred else math.nan
+        """Per-case precision ``TP / (TP + FP)`` (= ``TP / n_pred`` under every rule); NaN
+        when there is no prediction."""
+        return self._rates().precision
 
     @property
     def f1(self) -> float:
         """Per-case F1 = 2TP / (2TP + FP + FN); NaN when both sides are empty."""
-        denom = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / denom if denom else math.nan
+        return self._rates().f1
+
+    def _rates(self) -> DetectionRates[float]:
+        return detection_rates(self.tp, self.fp, self.fn)
 
     def check(self) -> None:
         """Raise ``AssertionError`` when the count invariants do not hold."""

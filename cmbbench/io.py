@@ -51,9 +51,13 @@ def dumps(data: Any) -> str:
     return json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes | str, *, sync_folder: bool = False
+) -> Path:
     """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically: a temp file in the same
-    folder, fsync, rename. Raises ``OSError`` (nothing is left under either name) on failure."""
+    folder, fsync, rename; with ``sync_folder`` the folder is fsynced after the rename too, so
+    successive writes reach the disk in order (checkpoints). Raises ``OSError`` (the temp
+    file removed, nothing under the final name changed) on failure."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,22 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if sync_folder:
+        _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a folder cannot be opened: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync folders keeps the rename as it is
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:

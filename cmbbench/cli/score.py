@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +14,7 @@ from rich.table import Table
 from cmbbench.cli._app import app, console, err_console, fail
 from cmbbench.cli.progress import rich_progress
 from cmbbench.errors import CmbbenchError
+from cmbbench.io import write_atomic
 
 CSV_COLUMNS = (
     "case_id",
@@ -48,12 +47,7 @@ def write_cases_csv(cases: list[Any], path: Path) -> Path:
                 v = "" if not math.isfinite(v) else f"{v:.6g}"
             row.append("" if v is None else v)
         writer.writerow(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, buf.getvalue())
 
 
 @app.command("score")

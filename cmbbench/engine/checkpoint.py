@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from cmbbench.errors import CmbbenchError
+from cmbbench.io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,44 +60,13 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename.
-
-    The folder is fsynced after the rename, so successive writes reach the disk in order.
-    Raises :class:`CheckpointError` for a full disk or an unwritable folder.
-    """
+    """Write ``data`` to ``path`` atomically, the folder fsynced after the rename so successive
+    writes reach the disk in order (:func:`cmbbench.io.write_atomic`). Raises
+    :class:`CheckpointError` for a full disk or an unwritable folder."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_atomic(path, data, sync_folder=True)
     except OSError as err:
         raise CheckpointError(_describe_os_error(err, path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise CheckpointError(_describe_os_error(err, path)) from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where a folder cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _describe_os_error(err: OSError, path: Path) -> str:

@@ -15,10 +15,10 @@ a time or a path of the machine.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmbbench.io import write_atomic
 from cmbbench.leaderboard.plots import plot_fp_distribution, plot_froc, plot_size_recall
 from cmbbench.leaderboard.render_csv import render_csv
 from cmbbench.leaderboard.render_html import render_html
@@ -52,20 +52,6 @@ def build_tables(
     return tables
 
 
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def build_leaderboard(
     record_paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -91,7 +77,7 @@ def build_leaderboard(
             written.append(path)
             md_plots.setdefault(slug, {})[caption] = f"plots/{path.name}"
             html_images.setdefault(slug, {})[caption] = path
-    written.append(_write_text(out / "leaderboard.md", render_markdown(tables, md_plots)))
-    written.append(_write_text(out / "leaderboard.csv", render_csv(tables)))
-    written.append(_write_text(out / "leaderboard.html", render_html(tables, html_images)))
+    written.append(write_atomic(out / "leaderboard.md", render_markdown(tables, md_plots)))
+    written.append(write_atomic(out / "leaderboard.csv", render_csv(tables)))
+    written.append(write_atomic(out / "leaderboard.html", render_html(tables, html_images)))
     return sorted(set(written), key=lambda p: p.as_posix())

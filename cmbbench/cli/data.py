@@ -141,6 +141,8 @@ def info_command(
     t.add_row("CMB diameter (mm, equiv. sphere)", _dist(s.diameters_mm, ".2f"))
     params = ", ".join(f"{k}={v}" for k, v in info.rule_params.items())
     t.add_row("default rule", info.default_rule + (f" ({params})" if params else ""))
+    if info.rule_note:
+        t.add_row("why this rule", info.rule_note)
     t.add_row("label kind", ", ".join(f"{k} ({n})" for k, n in sorted(s.label_kinds.items())))
     console.print(t)
 

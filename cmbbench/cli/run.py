@@ -15,6 +15,7 @@ import typer
 
 from cmbbench.cli._app import app, console, fail
 from cmbbench.cli.progress import rich_progress
+from cmbbench.datasets.registry import DEFAULT_DATASET
 from cmbbench.engine.environment import configure_openmp
 from cmbbench.errors import CmbbenchError
 from cmbbench.options import parse_key_values
@@ -53,7 +54,7 @@ def run_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Registered model name (see `cmbbench models`).")
     ],
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = DEFAULT_DATASET,
     root: RootOpt = None,
     preset: Annotated[
         str | None,
@@ -222,7 +223,7 @@ def predict_command(
 @app.command("evaluate")
 def evaluate_command(
     model_dir: ModelDirOpt,
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = DEFAULT_DATASET,
     root: RootOpt = None,
     split: Annotated[
         str, typer.Option(help="train | val | test | all (every case of the dataset).")

@@ -33,6 +33,11 @@ _BUILTIN_MODULES = (
 )
 
 
+#: the dataset a run uses when none is named: the embedded semi-synthetic set, which needs
+#: no download and runs anywhere
+DEFAULT_DATASET = "synthetic"
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset is and how it must be scored."""

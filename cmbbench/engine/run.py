@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cmbbench import __version__
+from cmbbench.datasets.registry import DEFAULT_DATASET
 from cmbbench.engine.environment import DeviceName, configure_openmp, environment, resolve_device
 from cmbbench.engine.record import RECORD_NAME, RunRecord
 from cmbbench.errors import CmbbenchError
@@ -71,7 +72,7 @@ def _check_writable(out: Path) -> None:
 
 def run(
     model: str,
-    dataset: str = "synthetic",
+    dataset: str = DEFAULT_DATASET,
     *,
     root: str | os.PathLike[str] | None = None,
     preset: str | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -107,12 +108,18 @@ def _round(v, nd: int = 3) -> list[float]:
 
 
 def generate_subject(spec: SubjectSpec) -> Subject:
-    """Generate one subject (deterministic: same spec -> byte-identical arrays)."""
+    """Generate one subject (deterministic: same spec -> byte-identical arrays).
+
+    Plan (count, pattern, mimics, CMB sites) -> 1 mm tissue simulation with veins and air-bone
+    drop-out, acquired on the protocol's grid -> mimic and CMB dipoles rendered on that grid
+    (labels from the CMBs' signal loss) -> bias, scale and Rician noise inside the brain.
+    Every random draw comes from a named per-subject stream (``component_rng``), so the
+    stages can be read, and changed, one at a time.
+    """
     preset = get_preset(spec.preset)
     protocol: Protocol = get_protocol(spec.protocol)
     anat = load_anatomy()
     rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
-    b0, te = protocol.field_strength_t, protocol.te_ms
 
     place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
     pose = random_pose(rng("pose"))
@@ -120,7 +127,82 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
     to_world = np.linalg.inv(pose)
 
-    # ---- plan -----------------------------------------------------------------------------
+    plan = _plan(rng, preset, protocol, place_box)
+    image, brain, mimic_map, s_wm = _simulate(rng, anat, grid, pose, protocol, plan.veins)
+    mimic_records = _render_mimics(plan, image, mimic_map, grid, to_world, protocol, spec)
+    label, ignore, kept, ignored = _render_cmbs(
+        plan.cmbs, image, brain, grid, to_world, protocol, spec
+    )
+
+    # ---- bias, scale, noise, mask -----------------------------------------------------------------
+    nrng = rng("noise")
+    snr = float(nrng.uniform(*protocol.snr))
+    rms = float(nrng.uniform(0.10, 0.20))
+    scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
+    image *= bias_field(nrng, grid.shape, rms)
+    image *= np.float32(scale)
+    # masked acquisition: noise only where the brain is (the rest is 0)
+    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
+    image[~brain] = 0.0
+    label[~brain] = 0
+
+    cmb_records = [{k: r[k] for k in _CMB_RECORD_KEYS} for r in kept + ignored]
+    meta = {
+        "protocol": protocol.name,
+        "cohort": protocol.name,
+        "field_strength_t": protocol.field_strength_t,
+        "sequence": protocol.sequence,
+        "voxel_mm": list(protocol.voxel_mm),
+        "te_ms": protocol.te_ms,
+        "tr_ms": protocol.tr_ms,
+        "flip_deg": protocol.flip_deg,
+        "snr": round(snr, 3),
+        "bias_rms": round(rms, 4),
+        "lobar_only": plan.lobar_only,
+        "planned_count": plan.count,
+        "n_cmb": len(kept),
+        "n_ignore": len(ignored),
+        "cmbs": cmb_records,
+        "mimics": mimic_records,
+        "lesion_attrs": {r["id"]: {"region": r["region"]} for r in kept},
+        "generator_version": spec.version,
+        "seed": spec.seed,
+        "subject_id": spec.subject_id,
+        "preset": spec.preset,
+        "lesion_model": spec.lesion_model,
+        "pose": [_round(row, 6) for row in pose],
+    }
+    return Subject(spec, grid, image.astype(np.float32, copy=False), label, ignore, mimic_map, meta)
+
+
+# the keys of a CMB's sidecar record, in order
+_CMB_RECORD_KEYS = (
+    "id",
+    "centre_mm",
+    "moment",
+    "region",
+    "diameter_mm",
+    "ignore",
+    "n_voxels",
+    "core_diameter_mm",
+    "max_loss",
+)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a subject holds, before any image exists (MNI mm)."""
+
+    count: int
+    lobar_only: bool
+    veins: list
+    calcs: list
+    foci: list
+    cmbs: list
+
+
+def _plan(rng: Any, preset: Any, protocol: Protocol, place_box: Any) -> _Plan:
+    """CMB count and pattern, veins, calcifications, iron foci, then CMB sites away from them."""
     count = sample_count(rng("count"), preset.count_cap)
     lobar_only = bool(rng("pattern").random() < P_LOBAR_ONLY)
     veins = plan_veins(rng("veins"), protocol.vein_loss, place_box)
@@ -128,11 +210,19 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     foci = plan_iron_foci(rng("iron"), place_box)
     avoid = [v.points for v in veins] + [np.asarray([d.centre_mni]) for d in calcs + foci]
     avoid_pts = np.concatenate(avoid, axis=0) if avoid else None
+    b0, te = protocol.field_strength_t, protocol.te_ms
     cmbs = place_cmbs(
         rng("cmbs"), count, region_weights(lobar_only), b0, te, place_box, avoid_pts, avoid_mm=3.0
     )
+    return _Plan(count, lobar_only, veins, calcs, foci, cmbs)
 
-    # ---- 1 mm simulation --------------------------------------------------------------------
+
+def _simulate(
+    rng: Any, anat: Any, grid: Any, pose: np.ndarray, protocol: Protocol, veins: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The 1 mm tissue image (contrast jitter, iron, veins, air-bone drop-out) acquired on the
+    target grid: ``(image, brain mask, mimic code map, white-matter signal)``."""
+    b0, te = protocol.field_strength_t, protocol.te_ms
     sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
     crng = rng("contrast")
     jitter = {
@@ -155,10 +245,23 @@ def generate_subject(spec: SubjectSpec) -> Subject:
         if out is not None:
             s, sub = out
             mimic_map[s][((1.0 - sub) >= min_loss) & brain[s]] = MIMIC_CODES[code]
+    return image, brain, mimic_map, s_wm
 
-    # ---- dipoles on the target grid -----------------------------------------------------------
-    mimic_records: list[dict] = []
-    for d in calcs + foci:
+
+def _render_mimics(
+    plan: _Plan,
+    image: np.ndarray,
+    mimic_map: np.ndarray,
+    grid: Any,
+    to_world: np.ndarray,
+    protocol: Protocol,
+    spec: SubjectSpec,
+) -> list[dict]:
+    """Calcification and iron dipoles rendered into ``image`` (and ``mimic_map``) on the target
+    grid; returns every mimic's sidecar record (dipoles, veins, air-bone sites; world mm)."""
+    b0, te = protocol.field_strength_t, protocol.te_ms
+    records: list[dict] = []
+    for d in plan.calcs + plan.foci:
         c_world = to_world[:3, :3] @ np.asarray(d.centre_mni) + to_world[:3, 3]
         out = render_dipole(
             c_world, d.moment, d.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
@@ -167,10 +270,10 @@ def generate_subject(spec: SubjectSpec) -> Subject:
             s, att = out
             image[s] *= att
             mimic_map[s][att <= 0.8] = MIMIC_CODES[d.kind]
-        mimic_records.append(dipole_record(d, c_world))
-    for v in veins:
+        records.append(dipole_record(d, c_world))
+    for v in plan.veins:
         pts_world = v.points @ to_world[:3, :3].T + to_world[:3, 3]
-        mimic_records.append(
+        records.append(
             {
                 "type": "vein",
                 "kind": v.kind,
@@ -184,10 +287,26 @@ def generate_subject(spec: SubjectSpec) -> Subject:
         )
     for name, (c, a) in AIR_POCKETS.items():
         c_world = to_world[:3, :3] @ np.asarray(c) + to_world[:3, 3]
-        mimic_records.append(
+        records.append(
             {"type": "air_bone", "site": name, "centre_mm": _round(c_world), "radius_mm": a}
         )
+    return records
 
+
+def _render_cmbs(
+    cmbs: list,
+    image: np.ndarray,
+    brain: np.ndarray,
+    grid: Any,
+    to_world: np.ndarray,
+    protocol: Protocol,
+    spec: SubjectSpec,
+) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
+    """CMB dipoles rendered into ``image``; a CMB whose in-brain signal loss reaches
+    ``KEEP_LOSS`` is labelled (its voxels with loss >= ``LABEL_LOSS``; overlapping CMBs: the
+    stronger attenuation wins), a fainter one becomes an ignore region. Returns ``(instance
+    label (uint16), ignore mask, kept records, ignored records)``."""
+    b0, te = protocol.field_strength_t, protocol.te_ms
     label = np.zeros(grid.shape, dtype=np.uint16)
     best = np.ones(grid.shape, dtype=np.float32)  # the strongest CMB attenuation per voxel
     ignore = np.zeros(grid.shape, dtype=bool)
@@ -236,54 +355,4 @@ def generate_subject(spec: SubjectSpec) -> Subject:
         rec["diameter_mm"] = round(float((6.0 * n * voxel_volume / np.pi) ** (1.0 / 3.0)), 3)
     for j, rec in enumerate(ignored):
         rec["id"] = len(kept) + 1 + j
-
-    # ---- bias, scale, noise, mask -----------------------------------------------------------------
-    nrng = rng("noise")
-    snr = float(nrng.uniform(*protocol.snr))
-    rms = float(nrng.uniform(0.10, 0.20))
-    scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
-    image *= bias_field(nrng, grid.shape, rms)
-    image *= np.float32(scale)
-    # masked acquisition: noise only where the brain is (the rest is 0)
-    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
-    image[~brain] = 0.0
-    label[~brain] = 0
-
-    order = [
-        "id",
-        "centre_mm",
-        "moment",
-        "region",
-        "diameter_mm",
-        "ignore",
-        "n_voxels",
-        "core_diameter_mm",
-        "max_loss",
-    ]
-    cmb_records = [{k: r[k] for k in order} for r in kept + ignored]
-    meta = {
-        "protocol": protocol.name,
-        "cohort": protocol.name,
-        "field_strength_t": protocol.field_strength_t,
-        "sequence": protocol.sequence,
-        "voxel_mm": list(protocol.voxel_mm),
-        "te_ms": protocol.te_ms,
-        "tr_ms": protocol.tr_ms,
-        "flip_deg": protocol.flip_deg,
-        "snr": round(snr, 3),
-        "bias_rms": round(rms, 4),
-        "lobar_only": lobar_only,
-        "planned_count": count,
-        "n_cmb": len(kept),
-        "n_ignore": len(ignored),
-        "cmbs": cmb_records,
-        "mimics": mimic_records,
-        "lesion_attrs": {r["id"]: {"region": r["region"]} for r in kept},
-        "generator_version": spec.version,
-        "seed": spec.seed,
-        "subject_id": spec.subject_id,
-        "preset": spec.preset,
-        "lesion_model": spec.lesion_model,
-        "pose": [_round(row, 6) for row in pose],
-    }
-    return Subject(spec, grid, image.astype(np.float32, copy=False), label, ignore, mimic_map, meta)
+    return label, ignore, kept, ignored

@@ -54,6 +54,7 @@ from cmbbench.cases import Case
 from cmbbench.errors import InputError
 from cmbbench.io import write_json_atomic
 from cmbbench.models.detector import Prediction
+from cmbbench.scoring.rates import detection_rates
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def best_threshold(
         first[np.flatnonzero(pos)[idx]] = True
     tp = np.cumsum(first)
     kept = np.arange(1, r.size + 1)
-    f1 = 2 * tp / (kept + n_gt)  # 2TP / (2TP + FP + FN) with FP = kept - TP, FN = n_gt - TP
+    f1 = detection_rates(tp, kept - tp, n_gt - tp).f1  # FP = kept - TP, FN = n_gt - TP
     cut = np.r_[r[1:] != r[:-1], True]  # last candidate of each tie group
     f1 = np.where(cut, f1, -1.0)
     i = int(np.argmax(f1))
@@ -471,7 +472,6 @@ class ClassicalDetector:
         """Pooled F1 (and TP, FP, FN) of the painted predictions, scored by the run's
         evaluator (``config["evaluator"]``; else one built from ``rule``/``rule_params``)."""
         from cmbbench.scoring.evaluator import Evaluator
-        from cmbbench.scoring.rates import detection_rates
 
         evaluator = config.get("evaluator") or Evaluator(
             config.get("rule", "overlap"), dict(config.get("rule_params", {}) or {})

@@ -72,7 +72,7 @@ def score_case(
     case_id: str = "case",
     meta: Mapping[str, Any] | None = None,
 ) -> CaseResult:
-    """Score one case under one matching rule (``SCORING.md``).
+    """Score one case under one matching rule (``docs/scoring.md``).
 
     ``pred``: mask / probability map ``(X, Y, Z)`` or points ``(N, 3)`` world mm.
     ``gt``: binary mask / instance map ``(X, Y, Z)`` or points ``(N, 3)`` world mm.

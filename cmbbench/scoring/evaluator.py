@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from cmbbench.errors import InputError, UnknownNameError
-from cmbbench.scoring.records import RULES, CaseResult
+from cmbbench.errors import InputError
+from cmbbench.scoring.records import CaseResult
+from cmbbench.scoring.rules import rule_params
 
 if TYPE_CHECKING:
     from cmbbench.cases import Case
@@ -49,18 +50,13 @@ class Evaluator:
     use_ignore: bool = True
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise UnknownNameError("rule", str(self.rule), list(RULES))
         unknown = sorted(set(self.params) - set(RULE_PARAM_KEYS))
         if unknown:
             raise InputError(
                 f"unknown rule parameter(s) {', '.join(unknown)}; expected {RULE_PARAM_KEYS}"
             )
-        if self.rule == "valdo" and self.params.get("max_distance_mm") is None:
-            raise InputError(
-                "the valdo rule needs its distance threshold (max_distance_mm, "
-                "--max-distance-mm): it was not published with the challenge code"
-            )
+        # the rule's name and parameters are checked once, here, by the rules' own validator
+        rule_params(self.rule, **{k: v for k, v in self.params.items() if v is not None})
         object.__setattr__(self, "params", dict(self.params))
 
     @property

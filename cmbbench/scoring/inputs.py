@@ -4,7 +4,7 @@
 side is a volume or a list of points and checks shapes and the ignore mask;
 :func:`label_prediction` and :func:`label_ground_truth` turn each side into a :class:`Side`
 (components or points, centres in world mm, public ids, scores). Input kinds
-(``SCORING.md``, "Objects"):
+(``docs/scoring.md``, "Inputs"):
 
 - prediction: a bool/integer mask (values 0/1), a float probability map in [0, 1]
   (binarised at ``threshold``; a component's score is its maximum probability), or an

@@ -1,4 +1,4 @@
-"""The four matching rules of the scoring contract (``SCORING.md``, "Matching rules").
+"""The four matching rules of the scoring contract (``docs/scoring.md``, "Matching rules").
 
 Inputs here are plain arrays (component indices, centres in mm, overlap tables); reading and
 labelling volumes is :mod:`cmbbench.scoring.components`' job and building the per-case record

@@ -1,8 +1,8 @@
 """Aggregate metrics over per-case results, with case-bootstrap confidence intervals.
 
 :func:`aggregate` turns a list of :class:`~cmbbench.scoring.records.CaseResult` into every
-metric of the scoring contract (``SCORING.md``, "Aggregate metrics"); formulas and policy are
-in ``docs/metrics.md``. Nothing here reads an image.
+metric of the scoring contract; formulas and policy are in ``docs/metrics.md``. Nothing
+here reads an image.
 
 Layout of the returned dict (JSON-able: floats, ints, strings, lists, dicts; an undefined
 value is ``None``)::

@@ -2,7 +2,7 @@
 
 A :class:`CaseResult` is everything the aggregate metrics, the leaderboards and the paired
 comparisons need: nothing downstream ever re-reads an image. The JSON layout is part of the
-scoring contract (``shared/design/SCORING.md``, "Per-case result").
+scoring contract (``docs/scoring.md``, "The per-case record").
 """
 
 from __future__ import annotations

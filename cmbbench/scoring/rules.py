@@ -2,7 +2,7 @@
 
 :func:`rule_params` is what :func:`~cmbbench.scoring.case.score_case` records in
 ``CaseResult.params``: the CLI, the evaluator and the engine can resolve and check a rule's
-parameters with it before scoring anything (``SCORING.md``, "Matching rules").
+parameters with it before scoring anything (``docs/scoring.md``, "Matching rules").
 
 =========  ==========================================================================
 rule       recorded parameters (defaults)

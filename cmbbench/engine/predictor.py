@@ -34,11 +34,14 @@ from cmbbench.scoring.records import CaseResult
 class CasePrediction:
     """A model's output for one case: ``array`` is a float32/bool map (X, Y, Z) in the case's
     grid or world-mm points (N, 3); ``threshold`` the operating threshold that binarises a
-    map; ``scores`` one score per point (points only, else ``None``)."""
+    map; ``scores`` one score per point (points only, else ``None``); ``raw``: the model's
+    probability map before its operating point (networks: before post-processing), from
+    which every candidate is taken for the full FROC (``None``: no candidates)."""
 
     array: np.ndarray
     threshold: float = 0.5
     scores: np.ndarray | None = None
+    raw: np.ndarray | None = None
 
 
 Predictor = Callable[[Case], CasePrediction]
@@ -72,10 +75,12 @@ def network_predictor(
                 net, image, recipe, device=device, divisor=divisor, name=name
             )
         if postprocess is None:
-            return CasePrediction(prob, 0.5)
+            return CasePrediction(prob, 0.5, raw=prob)
         pp = postprocess
         return CasePrediction(
-            clean_probability(prob, pp.threshold, pp.min_size, pp.connectivity), pp.threshold
+            clean_probability(prob, pp.threshold, pp.min_size, pp.connectivity),
+            pp.threshold,
+            raw=prob,
         )
 
     return predict_one
@@ -97,7 +102,12 @@ def detector_output(det: Any, name: str, case: Case) -> CasePrediction:
             f"{tuple(pred.array.shape)} does not match the image {tuple(case.shape)}"
         )
     threshold = float((pred.meta or {}).get("threshold", 0.5))
-    return CasePrediction(pred.array, threshold, pred.scores if pred.kind == "points" else None)
+    if pred.kind == "points":
+        return CasePrediction(pred.array, threshold, pred.scores)
+    arr = np.asarray(pred.array)
+    # a probability map holds the detector's candidates below its threshold too
+    raw = arr if pred.kind == "prob" and np.issubdtype(arr.dtype, np.floating) else None
+    return CasePrediction(arr, threshold, raw=raw)
 
 
 def detector_predictor(det: Any, name: str, *, clean: bool = False) -> Predictor:
@@ -109,7 +119,8 @@ def detector_predictor(det: Any, name: str, *, clean: bool = False) -> Predictor
         out = detector_output(det, name, case)
         arr = np.asarray(out.array)
         if clean and out.scores is None and np.issubdtype(arr.dtype, np.floating):
-            return CasePrediction(clean_probability(arr, out.threshold, 1), out.threshold)
+            cleaned = clean_probability(arr, out.threshold, 1)
+            return CasePrediction(cleaned, out.threshold, raw=out.raw)
         return out
 
     return predict_one
@@ -135,7 +146,9 @@ def predict_and_score(
     phase: str = "infer",
 ) -> ScoredCases:
     """Predict this rank's shard of ``cases`` and score each with ``evaluator`` (at the
-    prediction's own threshold); the results of every rank are gathered in case order."""
+    prediction's own threshold); a prediction with a ``raw`` map also records every
+    candidate of it (:meth:`~cmbbench.scoring.evaluator.Evaluator.candidates`) for the full
+    FROC. The results of every rank are gathered in case order."""
     from cmbbench.engine.distributed import all_reduce_sum, gather_by_case, shard
 
     mine = shard(cases, ctx)
@@ -146,9 +159,12 @@ def predict_and_score(
         t0 = time.perf_counter()
         pred = predictor(case)
         t1 = time.perf_counter()
-        results[case.case_id] = evaluator.evaluate(
-            pred.array, case, threshold=pred.threshold, scores=pred.scores
-        )
+        result = evaluator.evaluate(pred.array, case, threshold=pred.threshold, scores=pred.scores)
+        if pred.raw is not None:
+            result.candidates = evaluator.candidates(
+                pred.raw, case, operating=np.asarray(pred.array) >= pred.threshold
+            )
+        results[case.case_id] = result
         score_s += time.perf_counter() - t1
         infer_s += t1 - t0
         case.release()

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from cmbbench.errors import InputError
+from cmbbench.scoring.candidates import (
+    DEFAULT_CANDIDATE_CAP,
+    DEFAULT_CANDIDATE_FLOOR,
+    Candidates,
+    build_candidates,
+)
 from cmbbench.scoring.records import CaseResult
 from cmbbench.scoring.rules import rule_params
 
@@ -108,6 +116,21 @@ class Evaluator:
             connectivity=connectivity,
         )
 
+    def candidates(
+        self,
+        prob: Any,
+        case: Case,
+        *,
+        operating: Any = None,
+        floor: float = DEFAULT_CANDIDATE_FLOOR,
+        cap: int = DEFAULT_CANDIDATE_CAP,
+    ) -> Candidates:
+        """Every candidate of a probability map ``prob`` (X, Y, Z): the components of
+        ``prob >= floor``, each scored by its maximum, matched to ``case``'s CMBs under this
+        rule; ``operating`` (the map kept at the operating point, same shape) marks the
+        candidates holding a kept component. See :mod:`cmbbench.scoring.candidates`."""
+        return _candidates(self, prob, case, operating, float(floor), int(cap))
+
     def evaluate_arrays(
         self,
         pred: Any,
@@ -148,6 +171,34 @@ class Evaluator:
             meta=meta,
             **params,
         )
+
+
+def _candidates(
+    evaluator: Evaluator,
+    prob: Any,
+    case: Case,
+    operating: Any,
+    floor: float,
+    cap: int,
+) -> Candidates:
+    from cmbbench.scoring.components import label_mask
+
+    prob = np.asarray(prob)
+    if prob.dtype.kind != "f":
+        raise InputError("candidates need a probability map (float)", case=case.case_id)
+    res = evaluator.evaluate(prob, case, threshold=floor, pred_kind="probability")
+    hit = None
+    if operating is not None:
+        op = np.asarray(operating)
+        if op.shape != prob.shape:
+            raise InputError(
+                f"operating-point map shape {op.shape} differs from the map {prob.shape}",
+                case=case.case_id,
+            )
+        comps = label_mask(prob >= floor, int(res.params["connectivity"]))
+        kept = (op.reshape(-1)[comps.flat] > 0).astype(np.float64)
+        hit = np.bincount(comps.label, weights=kept, minlength=comps.n) > 0
+    return build_candidates(res, hit, floor=floor, cap=cap)
 
 
 def case_meta(case: Case) -> dict[str, Any]:

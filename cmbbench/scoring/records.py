@@ -17,6 +17,7 @@ from typing import Any
 
 from cmbbench.errors import InputError
 from cmbbench.io import jsonable, write_json_atomic
+from cmbbench.scoring.candidates import Candidates
 from cmbbench.scoring.rates import DetectionRates, detection_rates
 
 RULES: tuple[str, ...] = ("overlap", "distance", "valdo", "point")
@@ -87,6 +88,8 @@ class CaseResult:
     # the official per-case F1 of the valdo rule (NaN when the ground truth is empty)
     valdo_f1: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # cohort, protocol, ...
+    # every candidate the model emitted, for the full sweep (None: the operating point only)
+    candidates: Candidates | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -124,9 +127,14 @@ class CaseResult:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``candidates`` appears only when the case has them."""
         d = asdict(self)
         d["spacing"] = list(self.spacing)
         d["shape"] = list(self.shape) if self.shape is not None else None
+        if self.candidates is None:
+            del d["candidates"]
+        else:
+            d["candidates"] = self.candidates.to_dict()
         return jsonable(d)
 
     @classmethod
@@ -137,6 +145,8 @@ class CaseResult:
         d["pairs"] = [Pair(**p) for p in d.get("pairs", [])]
         d["gt"] = [_lesion(x) for x in d.get("gt", [])]
         d["pred"] = [_lesion(x) for x in d.get("pred", [])]
+        cand = d.get("candidates")
+        d["candidates"] = None if cand is None else Candidates.from_dict(cand)
         if d.get("valdo_f1") is None and "valdo_f1" in d:
             d["valdo_f1"] = None
         return cls(**d)

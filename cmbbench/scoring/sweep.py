@@ -13,7 +13,8 @@ from numpy.typing import NDArray
 
 from cmbbench.errors import InputError
 from cmbbench.scoring import froc
-from cmbbench.scoring.records import CaseResult, Lesion
+from cmbbench.scoring.candidates import one_tp_per_cmb
+from cmbbench.scoring.records import CaseResult
 from cmbbench.scoring.table import CaseTable, is_ignored
 from cmbbench.scoring.table import optional_float as _f
 
@@ -21,39 +22,60 @@ _BOOT_CHUNK = 4_000_000  # resample x lesion entries per block in the sweep boot
 
 
 class Sweep:
-    """Scored predicted lesions across cases, each shape ``(n_lesions,)``: ``scores``,
-    ``is_tp`` flags and ``case_idx`` (the lesion's case in canonical order).
+    """Scored lesions across cases, each shape ``(n_lesions,)``: ``scores``, ``is_tp`` flags
+    and ``case_idx`` (the lesion's case in canonical order).
 
-    ``reason`` says why no sweep is possible (a lesion without a score, lesion lists that do
-    not match the counts, no predicted lesion at all); ``None`` when it is.
+    ``source`` says what is swept: ``"candidates"`` when every case stores its full candidate
+    list (:mod:`cmbbench.scoring.candidates`), else ``"operating_point"``: the predicted
+    lesions kept at the model's operating point, so the curve ends there. ``reason`` says why
+    no sweep is possible (a lesion without a score, lesion lists that do not match the
+    counts, no predicted lesion at all); ``None`` when it is.
     """
 
     def __init__(self, cases: list[CaseResult]):
         self.reason: str | None = None
+        self.source = "operating_point"
+        self.floor: float | None = None
+        self.n_capped = 0
         scores: list[float] = []
         is_tp: list[bool] = []
         case_idx: list[int] = []
-        for i, c in enumerate(cases):
-            preds = [p for p in c.pred if not is_ignored(p)]
-            if len(preds) != c.n_pred:
-                self.reason = f"case {c.case_id!r} stores {len(preds)} predicted lesions for n_pred={c.n_pred}"
-                break
-            if any(p.score is None for p in preds):
-                self.reason = f"case {c.case_id!r} has predicted lesions without a score"
-                break
-            matched = {p.id for p in preds if p.matched}
-            if c.rule != "valdo" and len(matched) != c.tp:
-                raise InputError(
-                    f"{len(matched)} predicted lesions are flagged matched but tp={c.tp}",
-                    case=c.case_id,
+        if cases and all(c.candidates is not None for c in cases):
+            self.source = "candidates"
+            self.floor = max(float(c.candidates.floor) for c in cases)  # type: ignore[union-attr]
+            for i, c in enumerate(cases):
+                cand = c.candidates
+                scores.extend(cand.scores)  # type: ignore[union-attr]
+                is_tp.extend(cand.is_tp.tolist())  # type: ignore[union-attr]
+                case_idx.extend([i] * len(cand))  # type: ignore[arg-type]
+                self.n_capped += int(cand.cap is not None)  # type: ignore[union-attr]
+        else:
+            for i, c in enumerate(cases):
+                preds = [p for p in c.pred if not is_ignored(p)]
+                if len(preds) != c.n_pred:
+                    self.reason = f"case {c.case_id!r} stores {len(preds)} predicted lesions for n_pred={c.n_pred}"
+                    break
+                if any(p.score is None for p in preds):
+                    self.reason = f"case {c.case_id!r} has predicted lesions without a score"
+                    break
+                matched = {p.id for p in preds if p.matched}
+                if c.rule != "valdo" and len(matched) != c.tp:
+                    raise InputError(
+                        f"{len(matched)} predicted lesions are flagged matched but tp={c.tp}",
+                        case=c.case_id,
+                    )
+                keep_tp = one_tp_per_cmb(
+                    [p.id for p in preds],
+                    [float(p.score) for p in preds],  # type: ignore[arg-type]
+                    matched,
+                    [(q.pred_id, q.gt_id) for q in c.pairs],
                 )
-            keep_tp = self._one_per_cmb(c, preds, matched)
-            for p in preds:
-                if p.id in matched and p.id not in keep_tp:
-                    continue  # a second TP on an already-found CMB (valdo ties): neither TP nor FP
-                scores.append(float(p.score))  # type: ignore[arg-type]
-                is_tp.append(p.id in matched)
-                case_idx.append(i)
+                for p in preds:
+                    if p.id in matched and p.id not in keep_tp:
+                        continue  # a second TP on an already-found CMB (valdo ties): neither
+                    scores.append(float(p.score))  # type: ignore[arg-type]
+                    is_tp.append(p.id in matched)
+                    case_idx.append(i)
         if self.reason is None and not scores:
             self.reason = "no predicted lesions"
         self.scores = np.asarray(scores, dtype=np.float64)
@@ -61,22 +83,6 @@ class Sweep:
         self.case_idx = np.asarray(case_idx, dtype=np.intp)
         if self.reason is None and not np.all(np.isfinite(self.scores)):
             raise InputError("predicted lesion scores must be finite; received NaN or Inf")
-
-    @staticmethod
-    def _one_per_cmb(c: CaseResult, preds: list[Lesion], matched: set[int]) -> set[int]:
-        """Matched predictions kept as TP: per CMB the highest-scoring one."""
-        score = {p.id: p.score for p in preds}
-        best: dict[int, int] = {}
-        paired: set[int] = set()
-        for pair in c.pairs:
-            if pair.pred_id not in matched:
-                continue
-            paired.add(pair.pred_id)
-            cur = best.get(pair.gt_id)
-            if cur is None or (score[pair.pred_id], -pair.pred_id) > (score[cur], -cur):
-                best[pair.gt_id] = pair.pred_id
-        # matched predictions absent from the pair list count as TP as they are
-        return set(best.values()) | (matched - paired)
 
     @property
     def available(self) -> bool:
@@ -91,6 +97,8 @@ def sweep_section(sw: Sweep, t: CaseTable, fp_rates: Sequence[float]) -> dict[st
         return {
             "available": False,
             "reason": sw.reason,
+            "source": sw.source,
+            "candidate_floor": sw.floor,
             "n_lesions": int(sw.scores.size),
             "froc": None,
             "sensitivity_at": None,
@@ -103,6 +111,9 @@ def sweep_section(sw: Sweep, t: CaseTable, fp_rates: Sequence[float]) -> dict[st
     return {
         "available": True,
         "reason": None,
+        "source": sw.source,
+        "candidate_floor": sw.floor,
+        "n_cases_capped": sw.n_capped,
         "n_lesions": int(sw.scores.size),
         "froc": {
             "threshold": [_f(x) for x in curve["threshold"]],

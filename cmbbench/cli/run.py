@@ -133,6 +133,8 @@ def run_command(
 
 
 def _print_record(record, out: Path | None) -> None:
+    """The headline metrics with CIs, timings, overrides, and where the record and the
+    training logs are."""
     from rich.table import Table
 
     from cmbbench.engine.run import default_run_dir
@@ -178,6 +180,18 @@ def _print_record(record, out: Path | None) -> None:
                 f"{k}={record.recipe[k]!r} ({src})"
                 for k, src in sorted(record.recipe_overridden.items())
             )
+        )
+    art = record.artifacts
+    logs = [run_dir / art[k] for k in ("train_log", "validation_log") if art.get(k)]
+    if logs:
+        console.print(
+            "training logs (CSV): " + ", ".join(f"[bold]{p}[/]" for p in logs), soft_wrap=True
+        )
+    if art.get("training_plot"):
+        console.print(f"training curves: [bold]{run_dir / art['training_plot']}[/]", soft_wrap=True)
+    if art.get("tensorboard_dir"):
+        console.print(
+            f"tensorboard --logdir [bold]{run_dir / art['tensorboard_dir']}[/]", soft_wrap=True
         )
     console.print(f"run record written to [bold]{run_dir / 'record.json'}[/]")
 

@@ -123,9 +123,12 @@ class NetworkFit:
         }
 
     def record_artifacts(self, run_dir: Path) -> dict[str, Any]:
+        """The run record's ``artifacts``: checkpoints and training logs (``train_log``,
+        ``validation_log``, ``tensorboard_dir``, ``training_plot``), relative to ``run_dir``."""
         return {
             "best_checkpoint": _relative(self.result.best_checkpoint, run_dir),
             "last_checkpoint": _relative(self.result.last_checkpoint, run_dir),
+            **{key: _relative(path, run_dir) for key, path in self.result.log_files.items()},
         }
 
 

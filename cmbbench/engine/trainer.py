@@ -10,7 +10,10 @@
   every ``checkpoint_every`` steps and at the end; ``resume=True`` continues from the last
   one, so an interrupted run loses at most one checkpoint interval and, on CPU with the
   same seed, ends with exactly the weights and metrics of an uninterrupted run;
-- DDP under torchrun (rank 0 writes checkpoints; every rank loads them).
+- DDP under torchrun (rank 0 writes checkpoints; every rank loads them);
+- training logs (rank 0): a per-step and a per-validation CSV, TensorBoard event files when
+  it is installed, and a plot of the curves (:mod:`cmbbench.engine.training_log`); they only
+  read values the loop already has, so they change no number.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, make_loader
 from cmbbench.engine.recipe import Recipe
+from cmbbench.engine.training_log import TrainingLog
 from cmbbench.errors import CmbbenchError
 from cmbbench.progress import PhaseTracker, ProgressFn
 
@@ -72,6 +76,8 @@ class TrainResult:
     peak_memory_bytes: int | None = None  # CUDA: max allocated; CPU: peak RSS of the process
     device: str = "cpu"
     amp_dtype: str | None = None  # "float16" / "bfloat16" when mixed precision was used
+    #: the training logs by run-record ``artifacts`` key (rank 0; ``None``: not written)
+    log_files: dict[str, Path | None] = field(default_factory=dict)
 
 
 #: a run whose last this-many steps all had non-finite loss or gradients has diverged
@@ -314,6 +320,18 @@ def _validate(
     logger.info("step %d: val %s", done, metrics)
 
 
+def _open_log(out_dir: str | Path, recipe: Recipe, history: _History) -> TrainingLog:
+    """The run's training logs, continued from ``history`` (rewritten up to its step)."""
+    return TrainingLog.open(
+        out_dir,
+        start=history.start,
+        losses=history.losses,
+        lrs=[lr_at(recipe, s) for s in range(history.start)],
+        skipped=history.skipped,
+        validations=history.validations,
+    )
+
+
 def train(
     model: nn.Module,
     sampler: PatchSampler,
@@ -326,6 +344,7 @@ def train(
     progress: ProgressFn | None = None,
     dist_ctx: DistContext | None = None,
     stop_after: int | None = None,
+    write_logs: bool = True,
 ) -> TrainResult:
     """Train ``model`` for ``recipe.steps`` steps on batches from ``sampler``.
 
@@ -333,6 +352,8 @@ def train(
     dict with at least ``"f1"`` (lesion-level F1 on the validation split); the best one is
     kept in ``best.pt`` (without ``validate`` the last weights are the best). ``stop_after``
     ends the loop early after that many steps (simulates an interruption; tests).
+    ``write_logs``: rank 0 writes the training logs under ``out_dir``
+    (:mod:`cmbbench.engine.training_log`; a resumed run continues them).
     """
     ctx = dist_ctx or DistContext(device=device)
     ckpt_dir = Path(out_dir) / "checkpoints"
@@ -370,6 +391,7 @@ def train(
     train_s = val_s = 0.0
     steps_run = 0
     run_of_skips = 0
+    log = _open_log(out_dir, recipe, history) if write_logs and ctx.is_main else None
     t_step = time.perf_counter()
 
     def state_dict(step: int) -> dict[str, Any]:
@@ -387,33 +409,50 @@ def train(
             "recipe": recipe.to_dict(),
         }
 
-    for batch in loader:
-        step = int(batch["step"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(recipe, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss = _batch_loss(train_model, criterion, batch, recipe, device, amp_dtype)
-        run_of_skips = _update(
-            train_model, optimizer, scaler, loss, recipe,
-            step=step, amp_dtype=amp_dtype, history=history, run_of_skips=run_of_skips,
-        )  # fmt: skip
-        history.losses.append(float(loss.detach()))
-        done = step + 1
-        steps_run += 1
-        now = time.perf_counter()
-        train_s += now - t_step
+    try:
+        for batch in loader:
+            step = int(batch["step"])
+            lr = lr_at(recipe, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss = _batch_loss(train_model, criterion, batch, recipe, device, amp_dtype)
+            run_of_skips = _update(
+                train_model, optimizer, scaler, loss, recipe,
+                step=step, amp_dtype=amp_dtype, history=history, run_of_skips=run_of_skips,
+            )  # fmt: skip
+            history.losses.append(float(loss.detach()))
+            done = step + 1
+            steps_run += 1
+            now = time.perf_counter()
+            train_s += now - t_step
+            if log is not None:
+                skipped = bool(history.skipped) and history.skipped[-1] == step
+                log.step(step, history.losses[-1], lr, now - t_step, skipped)
 
-        if validate is not None and (done % recipe.val_every == 0 or done == recipe.steps):
-            t0 = time.perf_counter()
-            _validate(validate, model, train_model, done, history, best_path, ctx)
-            val_s += time.perf_counter() - t0
-        if done % recipe.checkpoint_every == 0 or done == recipe.steps or done == stop:
-            if ctx.is_main:
-                save_checkpoint(last_path, state_dict(done))
-            barrier(ctx)
-        recent = history.losses[-20:]
-        tracker.emit(done, loss=sum(recent) / len(recent), best_f1=history.best_metric)
-        t_step = time.perf_counter()
+            if validate is not None and (done % recipe.val_every == 0 or done == recipe.steps):
+                t0 = time.perf_counter()
+                _validate(validate, model, train_model, done, history, best_path, ctx)
+                val_s += time.perf_counter() - t0
+                if log is not None:
+                    log.validation(history.validations[-1])
+            if done % recipe.checkpoint_every == 0 or done == recipe.steps or done == stop:
+                if ctx.is_main:
+                    save_checkpoint(last_path, state_dict(done))
+                barrier(ctx)
+            recent = history.losses[-20:]
+            tracker.emit(done, loss=sum(recent) / len(recent), best_f1=history.best_metric)
+            t_step = time.perf_counter()
+        if log is not None:
+            log.write_plot(
+                history.losses,
+                [lr_at(recipe, s) for s in range(len(history.losses))],
+                history.validations,
+                skipped=history.skipped,
+            )
+    finally:
+        if log is not None:
+            log.close()
 
     final_step = start + steps_run
     if validate is None and final_step == recipe.steps and ctx.is_main:
@@ -436,6 +475,7 @@ def train(
         peak_memory_bytes=peak_memory_bytes(device),
         device=str(device),
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
+        log_files=log.files() if log is not None else {},
     )
 
 

@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "cmbbench.models.detector",
     "Detector": "cmbbench.models.detector",
     "run": "cmbbench.engine.run",
+    "submit_folder": "cmbbench.submission",
     # leaderboards
     "build_leaderboard": "cmbbench.leaderboard.build",
     # errors

@@ -113,11 +113,21 @@ def test_generate_wires_export_tree(tmp_path, monkeypatch) -> None:
     calls = {}
 
     def fake_export_tree(
-        out_dir, *, n=None, preset="default", protocol=None, seed=0, workers=None, progress=None
+        out_dir,
+        *,
+        n=None,
+        preset="default",
+        protocol=None,
+        seed=0,
+        workers=None,
+        progress=None,
+        split=None,
     ):
         from cmbbench.progress import ProgressEvent
 
         calls.update(out_dir=out_dir, n=n, preset=preset, protocol=protocol, seed=seed)
+        if split is not None:
+            calls["split"] = split
         progress(ProgressEvent("data", 1, 1, "generating synthetic data"))
         return out_dir
 

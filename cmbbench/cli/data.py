@@ -204,8 +204,14 @@ def generate_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: all cores).")
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", help="Only this split (train, val, test): e.g. the images to submit for."
+        ),
+    ] = None,
 ) -> None:
-    """Write the synthetic set as a VALDO-style NIfTI tree with JSON sidecars."""
+    """Write the synthetic set (or one split of it) as a VALDO-style NIfTI tree with JSON sidecars."""
     if name != "synthetic":
         raise fail(f"only the 'synthetic' dataset can be generated, got {name!r}")
     try:
@@ -222,6 +228,7 @@ def generate_command(
                 seed=seed,
                 workers=workers,
                 progress=progress,
+                split=split,
             )
     except CmbbenchError as err:
         raise fail(str(err)) from None

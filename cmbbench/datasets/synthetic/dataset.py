@@ -243,8 +243,13 @@ def export_tree(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     lesion_model: LesionModel = "dipole",
+    split: str | None = None,
 ) -> Path:
     """Write the dataset as a VALDO-style NIfTI tree under ``out_dir`` and return it.
+
+    ``split`` (``"train"``, ``"val"``, ``"test"``): only that split's subjects, the ones
+    ``load_dataset("synthetic", split=...)`` gives with the same options (e.g. the test
+    images a method outside cmbbench predicts for ``cmbbench submit``).
 
     Per subject: ``sub-XXXX/sub-XXXX_space-T2S_desc-masked_T2S.nii.gz`` (image),
     ``sub-XXXX_space-T2S_CMB.nii.gz`` (binary mask), ``..._desc-instance_CMB.nii.gz``,
@@ -253,7 +258,9 @@ def export_tree(
     ``dataset_description.json`` and ``splits.json``. Re-running resumes / reuses.
     """
     out = Path(out_dir)
-    specs = _specs(preset, n, seed, protocol, lesion_model)
+    all_specs = _specs(preset, n, seed, protocol, lesion_model)
+    split_def = _split_def(preset, n, seed, protocol, None)
+    specs = all_specs if split is None else select(all_specs, split_def, split)
     ensure_generated(out, specs, workers=workers, progress=progress)
     write_json_atomic(
         out / "dataset_description.json",
@@ -264,6 +271,7 @@ def export_tree(
             "preset": preset,
             "seed": int(seed),
             "n_subjects": len(specs),
+            "split": split,
             "protocol": protocol,
             "protocol_mix": get_preset(preset).protocols if protocol is None else {protocol: 1.0},
             "lesion_model": lesion_model,
@@ -281,6 +289,5 @@ def export_tree(
             },
         },
     )
-    split_def = make_splits([s.subject_id for s in specs], strata(specs), seed=seed)
     save_split_file(split_def, out / "splits.json", meta={"strata": "protocol|count bin"})
     return out

@@ -185,9 +185,18 @@ def test_seeds_aggregate_into_one_row_with_significance(records: Path) -> None:
     )
     assert f1.ci_lo is not None and f1.ci_lo <= f1.mean <= f1.ci_hi
     assert good.significance == {"reference": True}
-    # a model with half the recall and 7x the FPs differs significantly on 12 cases x 3 seeds
-    assert weak.significance["diff_f1"] < 0 and weak.significance["p_bootstrap"] < 0.05
-    assert weak.significance["p_wilcoxon"] is not None
+    # a model with half the recall and 7x the FPs differs significantly on 12 cases x 3 seeds,
+    # after Holm over the table's 3 pairs too (its p is the smallest: 3 x 2/1001 < 0.05)
+    sig = weak.significance
+    assert sig["diff_f1"] < 0 and sig["p_bootstrap"] < 0.05 and sig["p_holm"] < 0.05
+    assert sig["p_holm"] >= sig["p_bootstrap"] and sig["significant"] is True
+    assert sig["ci"][1] < 0  # row - top: the whole interval below 0
+    # the vs-top entry is the table's pair (top, weak) from the shared resamples
+    pair = main.rankings.pair(0, 1)
+    assert sig["diff_f1"] == pytest.approx(-pair.diff) and sig["p_holm"] == pair.p_holm
+    assert main.rankings.n_resamples == 1000  # N_BOOT raised so that Holm can reach 0.05
+    assert [r.rank.rank for r in main.rows] == [1.0, 2.0, 3.0]
+    assert good.rank.p_first > 0.9 and good.rank.rank_ci[0] == 1.0
     assert good.timings["train_s"].mean == pytest.approx(101.0)
 
 
@@ -228,20 +237,31 @@ def test_outputs_markdown_csv_html(records: Path, tmp_path: Path) -> None:
     md = (out / "leaderboard.md").read_text()
     assert md.count(EDGE_CASE_POLICY.strip()) == 3  # above every table
     assert md.count("Scoring rule: `overlap`") == 3
-    assert "vs top (paired)" in md and "ref" in md and "p=" in md
+    assert "vs top (Holm)" in md and "ref" in md and "p=" in md
+    assert md.count("smallest detectable paired ΔF1") == 1  # the one table with pairs
+    assert md.count("**Rankings** by micro F1") == 3 and "| Rank [95%] |" in md
+    assert "| 1 [1–1] |" in md  # good_net: first in every resample
     html = (out / "leaderboard.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "http://" not in html and "https://" not in html
     assert SORT_SCRIPT in html and html.count('<table class="lb">') == 3
+    assert html.count('<table class="pairs">') == 1  # the one-row tables have no pairs
+    assert "smallest detectable paired ΔF1 <strong>" in html
     assert html.count("data:image/png;base64,") == 9
     rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
     assert len(rows) == 5  # 3 rows + 1 GPU row + 1 v2 row
-    top = next(
-        r
-        for r in rows
-        if r["model"] == "good_net" and r["track"] == "quick / cpu" and r["version"] == "1"
-    )
+    main = [r for r in rows if r["track"] == "quick / cpu" and r["version"] == "1"]
+    top = main[0]
+    assert top["model"] == "good_net" and top["rank"] == "1" and top["rank_observed"] == "1.000000"
     assert top["n_seeds"] == "3" and top["seeds"] == "0 1 2" and top["vs_top_significant"] == "ref"
+    # table-level settings on every line of the table; the pairwise matrix is symmetric
+    assert len({r["detectable_diff_f1"] for r in main}) == 1 and main[0]["ranking"] == "bootstrap"
+    assert float(main[0]["detectable_diff_f1"]) > 0 and main[0]["ranking_n_resamples"] == "1000"
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert main[a][f"p_holm_vs_{b + 1}"] == main[b][f"p_holm_vs_{a + 1}"] != ""
+    assert all(main[k][f"p_holm_vs_{k + 1}"] == "" for k in range(3))
+    assert main[1]["p_holm_vs_1"] == main[1]["vs_top_p_holm"]
+    assert rows[0]["p_holm_vs_1"] == "" and "p_holm_vs_4" not in rows[0]  # largest table: 3
 
 
 def test_regeneration_is_byte_stable(records: Path, tmp_path: Path) -> None:
@@ -344,6 +364,43 @@ def test_regeneration_check_detects_changes(tmp_path: Path) -> None:
     md = root / "leaderboard.md"
     md.write_text(_PLOT_LINE.sub("Plots drawn with matplotlib 0.0.0.", md.read_text()))
     assert_regenerates(root, tmp_path / "again4", N_BOOT)
+
+
+def test_cli_ranking_valdo_and_unknown_ranking(records: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+
+    out = tmp_path / "valdo"
+    res = CliRunner().invoke(
+        app,
+        [
+            "leaderboard",
+            str(records),
+            "--out",
+            str(out),
+            "--n-bootstrap",
+            "20",
+            "--ranking",
+            "valdo",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("VALDO 2021's significance-count ranking (`--ranking valdo`)") == 3
+    assert "VALDO rank (F1, count, Dice, volume)" in md
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    main = [r for r in rows if r["track"] == "quick / cpu" and r["version"] == "1"]
+    finals = [float(r["valdo_rank"]) for r in main]
+    assert finals == sorted(finals) and {r["ranking"] for r in rows} == {"valdo"}
+    # good_net has the better per-case F1, count, Dice and volume on 12 cases x 3 seeds
+    assert main[0]["model"] == "good_net" and main[0]["valdo_wins_f1"] == "2"
+    res = CliRunner().invoke(app, ["leaderboard", str(records), "--ranking", "borda"])
+    assert res.exit_code != 0 and "'bootstrap'" in res.output and "'valdo'" in res.output
+    with pytest.raises(
+        InputError, match="unknown ranking 'borda'; valid rankings: 'bootstrap', 'valdo'"
+    ):
+        build_tables([records], ranking="borda")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

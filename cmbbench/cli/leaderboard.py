@@ -6,7 +6,7 @@ Thin: everything is :func:`cmbbench.leaderboard.build_leaderboard`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,6 +26,14 @@ def leaderboard(
         typer.Option("--n-bootstrap", min=0, help="Case-bootstrap resamples for CIs and p-values."),
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    ranking: Annotated[
+        Literal["bootstrap", "valdo"],
+        typer.Option(
+            "--ranking",
+            help="Row order: mean F1 with bootstrap rank intervals (bootstrap), or VALDO 2021's "
+            "significance-count ranking (valdo).",
+        ),
+    ] = "bootstrap",
 ) -> None:
     """Build Markdown, CSV, a self-contained HTML page and PNG plots from run records.
 
@@ -35,7 +43,7 @@ def leaderboard(
     from cmbbench.leaderboard import build_leaderboard
 
     try:
-        files = build_leaderboard(records, out, n_bootstrap=n_bootstrap, seed=seed)
+        files = build_leaderboard(records, out, n_bootstrap=n_bootstrap, seed=seed, ranking=ranking)
     except CmbbenchError as err:
         raise fail(str(err)) from None
     console.print(f"wrote {len(files)} files to {out}:")

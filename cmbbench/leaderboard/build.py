@@ -23,7 +23,7 @@ from cmbbench.leaderboard.plots import plot_fp_distribution, plot_froc, plot_siz
 from cmbbench.leaderboard.render_csv import render_csv
 from cmbbench.leaderboard.render_html import render_html
 from cmbbench.leaderboard.render_md import render_markdown
-from cmbbench.leaderboard.significance import add_significance
+from cmbbench.leaderboard.significance import Ranking, add_significance, check_ranking
 from cmbbench.leaderboard.store import group_runs, load_records
 from cmbbench.leaderboard.table import Table, build_table
 
@@ -42,12 +42,16 @@ def build_tables(
     *,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
+    ranking: Ranking = "bootstrap",
 ) -> list[Table]:
-    """Load the run records under ``record_paths`` and build every table (with significance)."""
+    """Load the run records under ``record_paths`` and build every table, ranked: rows in
+    mean-F1 order (``ranking="bootstrap"``) or VALDO's (``"valdo"``), and in both cases the
+    shared-resample rankings, pairwise tests and detectable difference."""
+    check_ranking(ranking)
     tables = []
     for key, runs in group_runs(load_records(record_paths)).items():
         table = build_table(key, runs, n_bootstrap=n_bootstrap, seed=seed)
-        add_significance(table)
+        add_significance(table, ranking)
         tables.append(table)
     return tables
 
@@ -58,15 +62,19 @@ def build_leaderboard(
     *,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
+    ranking: Ranking = "bootstrap",
 ) -> list[Path]:
     """Build the leaderboard from run records (files or folders) into ``out_dir``.
 
     Returns the written files, sorted. ``n_bootstrap`` case resamples with ``seed`` give every
-    confidence interval and paired p-value. Raises :class:`~cmbbench.errors.InputError` naming
-    the file when no record is found or a record is malformed.
+    confidence interval and paired p-value (the rankings raise the count where Holm needs
+    more; see :func:`cmbbench.leaderboard.rankings.resamples_for`). ``ranking`` orders the rows:
+    ``"bootstrap"`` (mean F1) or ``"valdo"``. Raises :class:`~cmbbench.errors.InputError`
+    naming the file when no record is found or a record is malformed, or naming the valid
+    rankings for an unknown one.
     """
     out = Path(out_dir)
-    tables = build_tables(record_paths, n_bootstrap=n_bootstrap, seed=seed)
+    tables = build_tables(record_paths, n_bootstrap=n_bootstrap, seed=seed, ranking=ranking)
     written: list[Path] = []
     md_plots: dict[str, dict[str, str]] = {}
     html_images: dict[str, dict[str, Path]] = {}

@@ -1,5 +1,6 @@
 """One self-contained HTML page: every table sortable by clicking a header (a few lines of
-inline JavaScript), plots embedded as ``data:`` URIs, no external resource of any kind."""
+inline JavaScript), the pairwise comparison matrix under each table, plots embedded as
+``data:`` URIs, no external resource of any kind."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cmbbench.leaderboard.plots import plotting_version
-from cmbbench.leaderboard.render_md import LEGEND, rule_line
-from cmbbench.leaderboard.significance import significance_text
-from cmbbench.leaderboard.table import Table, display_cells, display_headers
+from cmbbench.leaderboard.render_md import LEGEND, order_line, rankings_line, rule_line
+from cmbbench.leaderboard.significance import ALPHA, significance_text
+from cmbbench.leaderboard.table import Table, display_cells, display_headers, fmt, interval_text
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY
 
 SORT_SCRIPT = """\
@@ -46,6 +47,10 @@ table.lb td:nth-child(2), table.lb td:nth-child(3), table.lb td:nth-child(4) { t
 table.lb th { background: #f0f0f0; cursor: pointer; user-select: none; }
 table.lb th[data-dir="asc"]::after { content: " \\25B2"; }
 table.lb th[data-dir="desc"]::after { content: " \\25BC"; }
+table.pairs { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0 1em; }
+table.pairs th, table.pairs td { border: 1px solid #ddd; padding: 0.2em 0.4em; text-align: right; }
+table.pairs th { background: #f6f6f6; font-weight: normal; }
+table.pairs td.sig { font-weight: bold; background: #eef5ee; }
 .policy { background: #fafafa; border-left: 3px solid #999; padding: 0.2em 1em; font-size: 0.9em; }
 img { max-width: 48em; display: block; margin: 1em 0; }
 """
@@ -98,12 +103,53 @@ def _value_attr(v: float | str | None) -> str:
     return html.escape(str(v))
 
 
+def pairs_html(table: Table) -> str:
+    """The pairwise matrix of a table: cell (row, column) = ΔF1 (row - column) and the
+    Holm-adjusted paired bootstrap p; the interval and the raw p in the cell's title."""
+    r = table.rankings
+    if r is None or len(table.rows) < 2:
+        return ""
+    labels = [f"{k} {row.model}" for k, row in enumerate(table.rows, start=1)]
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in labels)
+    body = []
+    for a, label in enumerate(labels):
+        tds = []
+        for b in range(len(labels)):
+            pair = r.pair(a, b)
+            if pair is None:
+                tds.append("<td>—</td>")
+                continue
+            d = r.diff(a, b)
+            diff = "n/a" if d is None else f"{d:+.3f}"
+            ci = pair.ci if a < b or pair.ci is None else [-pair.ci[1], -pair.ci[0]]
+            title = (
+                f"ΔF1 ({labels[a]} − {labels[b]}) {diff}, 95% CI {interval_text(ci)}, "
+                f"bootstrap p {fmt(pair.p)}, Holm p {fmt(pair.p_holm)}"
+            )
+            sig = pair.p_holm is not None and pair.p_holm < ALPHA
+            text = f"{diff}<br>p={fmt(pair.p_holm)}"
+            cls = ' class="sig"' if sig else ""
+            tds.append(f'<td{cls} title="{html.escape(title)}">{text}</td>')
+        body.append(f"<tr><th>{html.escape(label)}</th>{''.join(tds)}</tr>")
+    caption = (
+        "Pairwise comparisons: ΔF1 pooled (row − column) and the paired bootstrap p, "
+        f"Holm-adjusted over the {len(r.pairs)} pairs (bold: p < {ALPHA:g}; hover a cell for "
+        "its 95% interval and the unadjusted p)."
+    )
+    return (
+        f"<p>{html.escape(caption)}</p>\n"
+        f'<table class="pairs"><thead><tr><th></th>{head}</tr></thead><tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table>"
+    )
+
+
 def render_table_html(table: Table, images: Mapping[str, Path] | None = None) -> str:
     """The HTML section of one table; ``images`` maps a caption to a PNG file to embed."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in display_headers(table.key.rule))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in display_headers(table))
     body = []
     for rank, row in enumerate(table.rows, start=1):
-        cells = display_cells(rank, row, significance_text(row), table.key.rule)
+        cells = display_cells(rank, row, significance_text(row), table)
         tds = "".join(
             f'<td data-v="{_value_attr(v)}">{html.escape(text)}</td>' for text, v in cells
         )
@@ -111,11 +157,14 @@ def render_table_html(table: Table, images: Mapping[str, Path] | None = None) ->
     parts = [
         f"<h2>{html.escape(table.key.title)}</h2>",
         markdown_block(rule_line(table)),
+        markdown_block(rankings_line(table)),
+        markdown_block(order_line(table)),
         f'<div class="policy">{markdown_block(EDGE_CASE_POLICY)}</div>',
         f'<table class="lb"><thead><tr>{head}</tr></thead><tbody>',
         *body,
         "</tbody></table>",
         markdown_block(LEGEND),
+        pairs_html(table),
     ]
     for caption, path in (images or {}).items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cmbbench.leaderboard.plots import plotting_version
+from cmbbench.leaderboard.rankings import DETECTABLE_SE_FACTOR
 from cmbbench.leaderboard.significance import ALPHA, significance_text
-from cmbbench.leaderboard.table import Table, display_cells, display_headers
+from cmbbench.leaderboard.table import Table, display_cells, display_headers, fmt
+from cmbbench.leaderboard.valdo_ranking import MIN_CASES_WILCOXON, VALDO_METRICS
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY
 
 LEGEND = (
@@ -16,9 +18,14 @@ LEGEND = (
     "interval. F1, recall and precision are pooled over all CMBs (micro); FP/scan counts every "
     "scan, negatives included; DiceTP is the mean Dice over matched pairs; Subject F1 (≥1) "
     "treats a scan as positive with at least one CMB; FROC CPM is the mean sensitivity at "
-    "1/8–8 FP per scan. Times are seconds (means over seeds). *vs top*: the difference in "
-    "pooled F1 to the top row with paired p-values (case bootstrap / Wilcoxon signed-rank over "
-    f"per-case F1, seed-averaged per case); `*` marks p < {ALPHA:g} in both."
+    "1/8–8 FP per scan. Times are seconds (means over seeds). The ranking columns use F1 "
+    "pooled over a row's seeds and the shared case resamples named above the table: *F1 "
+    "seeds+cases* is the 95% interval with seeds and cases resampled together (per resample "
+    "the row's seeds drawn with replacement, then the shared case resample); *Rank [95%]* the "
+    "observed rank and its 95% bootstrap rank interval (ties share the average rank); *P(rank "
+    "1)* the share of resamples in which the row is best; *vs top* the difference in pooled "
+    "F1 to the top row with its paired bootstrap p, Holm-adjusted over all pairs; `*` marks "
+    f"p < {ALPHA:g}."
 )
 
 
@@ -36,13 +43,66 @@ def rule_line(table: Table) -> str:
     )
 
 
+def rankings_line(table: Table) -> str:
+    """The rankings' settings, the smallest detectable paired ΔF1 and the rank stability."""
+    r = table.rankings
+    if r is None:
+        return "**Rankings**: not available (no case is common to every row)."
+    n_pairs = len(r.pairs)
+    text = (
+        f"**Rankings** by micro F1 pooled over each row's seeds, from {r.n_resamples} shared "
+        f"case resamples (seed {r.seed}) of the {r.n_cases} cases every row holds"
+    )
+    if r.n_resamples > table.n_bootstrap > 0:
+        text += (
+            f" (raised from {table.n_bootstrap} so that a Holm-adjusted p over {n_pairs} pairs "
+            f"can fall below {ALPHA:g})"
+        )
+    if r.detectable_diff is not None:
+        text += (
+            f": smallest detectable paired ΔF1 **{fmt(r.detectable_diff)}** "
+            f"({DETECTABLE_SE_FACTOR:g} × the median paired-bootstrap SE of ΔF1 over the "
+            f"{n_pairs} pairs)"
+        )
+    if r.kendall_tau is not None:
+        text += (
+            f"; rank stability: mean Kendall τ {fmt(r.kendall_tau, 2)} between resampled and "
+            "observed orders"
+        )
+    if n_pairs:
+        text += f"; p-values Holm-adjusted over the {n_pairs} pairs"
+    return text + "."
+
+
+def order_line(table: Table) -> str:
+    """How the rows are ordered: mean F1, or VALDO 2021's significance-count ranking."""
+    v = table.valdo
+    if table.ranking != "valdo" or v is None:
+        return "Rows are ordered by mean F1 (`--ranking bootstrap`)."
+    names = ", ".join(VALDO_METRICS[m][0] for m in v.metrics)
+    text = (
+        "Rows are ordered by VALDO 2021's significance-count ranking (`--ranking valdo`) over "
+        f"the {v.n_cases} shared cases: per metric ({names}; per case), one-sided paired tests "
+        f"between every pair of rows (Wilcoxon signed-rank with ≥ {MIN_CASES_WILCOXON} cases, "
+        f"the exact signed-rank test below), a row's metric rank from the number of rows it "
+        f"beats at p < {ALPHA:g}, its VALDO rank the mean of its metric ranks (lower is better)"
+    )
+    for m, why in v.skipped.items():
+        text += f"; {VALDO_METRICS[m][0]} left out: {why}"
+    return text + "."
+
+
 def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str:
     """The Markdown section of one table; ``plots`` maps a caption to a relative image path."""
-    headers = display_headers(table.key.rule)
+    headers = display_headers(table)
     lines = [
         f"## {table.key.title}",
         "",
         rule_line(table),
+        "",
+        rankings_line(table),
+        "",
+        order_line(table),
         "",
         EDGE_CASE_POLICY.strip(),
         "",
@@ -50,7 +110,7 @@ def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str
         "|" + "|".join("---:" if i == 0 else "---" for i in range(len(headers))) + "|",
     ]
     for rank, row in enumerate(table.rows, start=1):
-        cells = display_cells(rank, row, significance_text(row), table.key.rule)
+        cells = display_cells(rank, row, significance_text(row), table)
         lines.append("| " + " | ".join(_escape(text) for text, _ in cells) + " |")
     lines += ["", LEGEND, ""]
     for caption, rel in (plots or {}).items():

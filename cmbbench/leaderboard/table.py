@@ -11,8 +11,9 @@ Several seeds of one model form one row:
   in the CSV;
 * **95% CI**: the mean over seeds of each seed's case-bootstrap interval bounds. It shows the
   uncertainty that comes from the finite test set for one run (the case bootstrap), while
-  the spread shows the seed-to-seed variation; the two are reported side by side rather than
-  mixed into one interval.
+  the spread shows the seed-to-seed variation; the two are reported side by side. The one
+  interval that holds both (seeds and cases resampled together) is the rankings' seed + case
+  interval (:mod:`cmbbench.leaderboard.rankings`), shown in its own column.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmbbench.errors import InputError
 from cmbbench.leaderboard.store import GroupKey, RunEntry
 from cmbbench.scoring.metrics import aggregate
+
+if TYPE_CHECKING:
+    from cmbbench.leaderboard.rankings import RowRank, TableRankings
+    from cmbbench.leaderboard.valdo_ranking import ValdoRanking
 
 # headline metric key of aggregate() -> (column label, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -90,6 +95,8 @@ class Row:
     timings: dict[str, Stat]
     per_run: list[dict[str, Any]] = field(default_factory=list)  # aggregate() per seed
     significance: dict[str, Any] | None = None  # filled by significance.add_significance
+    rank: RowRank | None = None  # shared-resample ranking (significance.add_significance)
+    valdo: dict[str, Any] | None = None  # VALDO ranking: final, ranks and wins per metric
 
     @property
     def seeds(self) -> list[int]:
@@ -98,13 +105,17 @@ class Row:
 
 @dataclass
 class Table:
-    """One leaderboard table: a group key, its rows (best F1 first), bootstrap settings."""
+    """One leaderboard table: a group key, its rows (best F1 first, or in VALDO order),
+    bootstrap settings and, once ranked, the rankings."""
 
     key: GroupKey
     rows: list[Row]
     n_cases: int
     n_bootstrap: int
     bootstrap_seed: int
+    ranking: str = "bootstrap"  # the ranking that orders the rows
+    rankings: TableRankings | None = None
+    valdo: ValdoRanking | None = None  # only with ranking "valdo"
 
 
 def _headline(metrics: Mapping[str, Any], name: str) -> tuple[float | None, list[float] | None]:
@@ -206,42 +217,82 @@ def shown_metrics(rule: str) -> list[str]:
     return [k for k in METRICS if RULE_ONLY.get(k, rule) == rule]
 
 
-def display_headers(rule: str) -> list[str]:
+def fmt_rank(x: float) -> str:
+    """A rank: ``"2"``, or ``"1.5"`` for a tie."""
+    return f"{x:g}"
+
+
+def rank_text(row: Row) -> str:
+    """``"2 [1–3]"``: the observed rank by pooled F1 and the 95% bootstrap rank interval."""
+    r = row.rank
+    if r is None:
+        return "n/a"
+    if r.rank_ci is None:
+        return fmt_rank(r.rank)
+    return f"{fmt_rank(r.rank)} [{fmt_rank(r.rank_ci[0])}–{fmt_rank(r.rank_ci[1])}]"
+
+
+def interval_text(ci: Sequence[float] | None, digits: int = 3) -> str:
+    """``"[0.512, 0.820]"``; ``"n/a"`` when undefined."""
+    if ci is None:
+        return "n/a"
+    return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def valdo_text(row: Row) -> str:
+    """``"1.75 (1, 2.5, 2, 1.5)"``: the VALDO final rank and its metric ranks."""
+    v = row.valdo
+    if not v:
+        return "n/a"
+    parts = ", ".join(fmt_rank(x) for x in v["ranks"].values())
+    return f"{v['final']:.3g} ({parts})"
+
+
+def display_headers(table: Table) -> list[str]:
     """Column headers of the Markdown and HTML tables (the CSV has more columns)."""
-    return [
-        "#",
-        "Model",
-        "Recipe",
-        "Hardware",
-        "Seeds",
-        *(
-            f"{METRICS[k][0]} [95% CI]" if k in WITH_CI else METRICS[k][0]
-            for k in shown_metrics(rule)
-        ),
-        *TIMINGS.values(),
-        "vs top (paired)",
-    ]
+    rule = table.key.rule
+    heads = ["#", "Model", "Recipe", "Hardware", "Seeds"]
+    if table.ranking == "valdo" and table.valdo is not None:
+        from cmbbench.leaderboard.valdo_ranking import VALDO_METRICS
+
+        names = ", ".join(VALDO_METRICS[m][0] for m in table.valdo.metrics)
+        heads.append(f"VALDO rank ({names})")
+    for k in shown_metrics(rule):
+        heads.append(f"{METRICS[k][0]} [95% CI]" if k in WITH_CI else METRICS[k][0])
+        if k == SORT_KEY:
+            heads += ["F1 seeds+cases [95%]", "Rank [95%]", "P(rank 1)"]
+    return [*heads, *TIMINGS.values(), "vs top (Holm)"]
 
 
 def display_cells(
-    rank: int, row: Row, significance: str, rule: str
+    position: int, row: Row, significance: str, table: Table
 ) -> list[tuple[str, float | str | None]]:
-    """``(text, sort value)`` per column of :func:`display_headers` for one row of a table
-    scored under ``rule``; the sort
-    value is a number (``None`` when undefined) or the text itself."""
+    """``(text, sort value)`` per column of :func:`display_headers` for the row at
+    ``position`` (1-based) of ``table``; the sort value is a number (``None`` when
+    undefined) or the text itself."""
     cells: list[tuple[str, float | str | None]] = [
-        (str(rank), float(rank)),
+        (str(position), float(position)),
         (row.model, row.model),
         (row.recipe, row.recipe),
         (row.hardware, row.hardware),
         (seeds_text(row), float(len(row.runs))),
     ]
-    for k in shown_metrics(rule):
+    if table.ranking == "valdo" and table.valdo is not None:
+        cells.append((valdo_text(row), (row.valdo or {}).get("final")))
+    r = row.rank
+    for k in shown_metrics(table.key.rule):
         s = row.metrics[k]
         cells.append((fmt_stat(s, ci=k in WITH_CI), s.mean))
+        if k == SORT_KEY:
+            p1 = None if r is None else r.p_first
+            cells += [
+                (interval_text(None if r is None else r.seed_case_ci), None if r is None else r.f1),
+                (rank_text(row), None if r is None else r.rank),
+                (fmt(p1, 2), p1),
+            ]
     for k in TIMINGS:
         s = row.timings[k]
         cells.append((fmt_time(s), s.mean))
-    p = (row.significance or {}).get("p_bootstrap")
-    cells.append((significance, -1.0 if (row.significance or {}).get("reference") else p))
+    sig = row.significance or {}
+    cells.append((significance, -1.0 if sig.get("reference") else sig.get("p_holm")))
     return cells

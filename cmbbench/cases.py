@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-LabelKind = Literal["mask", "instance", "points", "none"]
+LabelKind = Literal["mask", "instance", "points", "agreement", "none"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ class Case:
     @property
     def gt_kind(self) -> str:
         """The ``gt_kind`` to score this case's label with (``"auto"`` when unlabelled)."""
-        return self.label_kind if self.label_kind in ("mask", "instance", "points") else "auto"
+        kinds = ("mask", "instance", "points", "agreement")
+        return self.label_kind if self.label_kind in kinds else "auto"
 
     def load(self) -> CaseData:
         """Load (once) and return the arrays."""

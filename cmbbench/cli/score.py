@@ -88,6 +88,13 @@ def score(
         bool,
         typer.Option("--gt-instance", help="Ground-truth labels are instance ids (one per CMB)."),
     ] = False,
+    gt_agreement: Annotated[
+        bool,
+        typer.Option(
+            "--gt-agreement",
+            help="Ground-truth values in (0, 1] are rater agreement (the valdo rule weights its F1).",
+        ),
+    ] = False,
     n_bootstrap: Annotated[
         int, typer.Option("--n-bootstrap", help="Bootstrap resamples of cases for CIs.")
     ] = 1000,
@@ -117,7 +124,7 @@ def score(
             connectivity=connectivity,
             min_overlap_voxels=min_overlap_voxels,
             max_distance_mm=max_distance_mm,
-            label_kind="instance" if gt_instance else None,
+            label_kind="instance" if gt_instance else ("agreement" if gt_agreement else None),
         )
         from cmbbench.scoring.folder import score_folder
         from cmbbench.scoring.records import save_results

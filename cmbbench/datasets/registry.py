@@ -64,7 +64,8 @@ class DatasetInfo:
     @property
     def evaluator(self) -> Evaluator:
         """The dataset's evaluator: its rule, rule parameters, label kind, ignore regions."""
-        kind = self.label_kind if self.label_kind in ("mask", "instance", "points") else "mask"
+        kinds = ("mask", "instance", "points", "agreement")
+        kind = self.label_kind if self.label_kind in kinds else "mask"
         return Evaluator(self.default_rule, dict(self.rule_params), label_kind=kind)  # type: ignore[arg-type]
 
 

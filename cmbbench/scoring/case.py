@@ -12,6 +12,7 @@ and :func:`~cmbbench.scoring.inputs.label_ground_truth` (components or points),
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,14 @@ def score_case(
     gt_side = label_ground_truth(inputs, gt_kind, conn, case_id, binarise=rule == "valdo")
     overlaps = Overlaps.between(pred_side, gt_side)
     m, vox_mm = match_case(rule, params, inputs, pred_side, gt_side, overlaps, case_id)
+    if gt_kind == "agreement" and gt_side.comps is not None:
+        weights = gt_side.comps.max_value
+        lesion_attrs = _with_weights(lesion_attrs, gt_side.ids, weights)
+        if rule == "valdo":
+            n_pred = len(m.pred_tp)
+            m = dataclasses.replace(
+                m, valdo_f1=matching.weighted_valdo_f1(m.pairs, m.gt_hit, weights, n_pred)
+            )
     ignored = ignored_predictions(inputs, pred_side, m)
     res = build_result(
         case_id,
@@ -130,6 +139,16 @@ def score_case(
     )
     res.check()
     return res
+
+
+def _with_weights(
+    lesion_attrs: Mapping[int, Mapping[str, Any]] | None, ids: Any, weights: Any
+) -> dict[int, dict[str, Any]]:
+    """``lesion_attrs`` with each CMB's rater-agreement ``weight`` added."""
+    out = {int(k): dict(v) for k, v in (lesion_attrs or {}).items()}
+    for lid, w in zip(ids, weights, strict=True):
+        out.setdefault(int(lid), {})["weight"] = float(w)
+    return out
 
 
 # --------------------------------------------------------------------------- matching

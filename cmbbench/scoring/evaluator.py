@@ -33,7 +33,7 @@ from cmbbench.scoring.rules import rule_params
 if TYPE_CHECKING:
     from cmbbench.cases import Case
 
-LabelKind = Literal["mask", "instance", "points"]
+LabelKind = Literal["mask", "instance", "points", "agreement"]
 #: the score_case keyword parameters a rule can take (the binarisation threshold is the
 #: model's operating point and is given per call)
 RULE_PARAM_KEYS: tuple[str, ...] = ("connectivity", "min_overlap_voxels", "max_distance_mm")
@@ -70,7 +70,7 @@ class Evaluator:
     @property
     def gt_kind(self) -> str:
         """``score_case``'s ``gt_kind`` for label arrays read from files."""
-        return self.label_kind if self.label_kind in ("instance", "points") else "auto"
+        return self.label_kind if self.label_kind in ("instance", "points", "agreement") else "auto"
 
     def replace(self, *, rule: str | None = None, **changes: Any) -> Evaluator:
         """A copy with another rule and/or parameters (``None`` values keep the current ones);

@@ -11,7 +11,10 @@ side is a volume or a list of points and checks shapes and the ignore mask;
   ``(N, 3)`` array of world-mm points (scores from ``pred_scores``). With ``pred_kind="auto"``
   a float array whose non-zero voxels are all exactly 1 is a mask (no scores).
 - ground truth: a binary mask, an instance-label map (``gt_kind="instance"``: each positive
-  integer value is one CMB, its id the value), or ``(N, 3)`` world-mm points.
+  integer value is one CMB, its id the value), a rater-agreement map (``gt_kind=
+  "agreement"``, declared: values in (0, 1], a CMB is a connected component of the non-zero
+  voxels and its weight the component's maximum, e.g. 0.5 where raters disagreed), or
+  ``(N, 3)`` world-mm points.
 
 Geometry: with only ``spacing`` the affine is ``diag(spacing)``; with neither, the case is an
 error (a voxel size is never assumed).
@@ -38,9 +41,9 @@ from cmbbench.scoring.components import (
     world_centres,
 )
 
-GtKind = Literal["auto", "mask", "instance", "points"]
+GtKind = Literal["auto", "mask", "instance", "points", "agreement"]
 PredKind = Literal["auto", "mask", "probability", "points"]
-GT_KINDS: tuple[str, ...] = ("auto", "mask", "instance", "points")
+GT_KINDS: tuple[str, ...] = ("auto", "mask", "instance", "points", "agreement")
 PRED_KINDS: tuple[str, ...] = ("auto", "mask", "probability", "points")
 
 AFFINE_ATOL = 1e-3  # mm: largest allowed difference between two affines' entries
@@ -347,6 +350,20 @@ def _gt_components(gt: np.ndarray, kind: str, connectivity: int, case_id: str) -
         raise InputError("ground truth contains NaN or Inf", case=case_id)
     if kind == "binarise":  # valdo: any non-zero voxel is foreground, labelled
         return label_mask(gt, connectivity, flat=fg)
+    if kind == "agreement":  # components of the non-zero voxels, weighted by their maximum
+        bad = (vals < 0) | (vals > 1)
+        if np.any(bad):
+            examples = ", ".join(f"{v:g}" for v in np.unique(vals[bad])[:5].astype(np.float64))
+            raise InputError(
+                f"rater-agreement labels must lie in (0, 1]; found {examples}", case=case_id
+            )
+        comps = label_mask(gt, connectivity, flat=fg)
+        weight = np.zeros(comps.n)
+        if comps.n:
+            np.maximum.at(weight, comps.label, vals.astype(np.float64, copy=False))
+        return Components(
+            comps.shape, comps.flat, comps.label, comps.ids, comps.sizes, comps.centre_vox, weight
+        )
     if kind == "instance":
         if np.any(vals < 0) or np.any(vals != np.round(vals)):
             raise InputError(

@@ -213,6 +213,26 @@ def valdo_f1(tp: int, fp: int, fn: int, n_pred: int, n_gt: int) -> float:
     return detection_rates(tp, fp, fn).f1
 
 
+def weighted_valdo_f1(
+    pairs: list[tuple[int, int]], gt_hit: NDArray[np.bool_], weights: NDArray, n_pred: int
+) -> float:
+    """The official agreement-weighted per-case F1 of the valdo rule,
+    ``2·Σw_TP / (Σw_FN + FP + 2·Σw_TP)``: each TP adds the weight of the CMB it claims
+    (``pairs``: ``(pred, gt)`` indices), each unclaimed CMB its weight to FN, each FP 1.
+    NaN when the ground truth is empty, 0 when the prediction is; with 0/1 weights it is
+    :func:`valdo_f1`."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        return math.nan
+    if n_pred == 0:
+        return 0.0
+    w_tp = float(sum(w[g] for _, g in pairs))
+    w_fn = float(w[~np.asarray(gt_hit, dtype=bool)].sum())
+    fp = n_pred - len(pairs)
+    denom = w_fn + fp + 2 * w_tp
+    return 2 * w_tp / denom if denom else math.nan
+
+
 def match_valdo(
     pred_mm: NDArray[np.float64], gt_mm: NDArray[np.float64], threshold_mm: float
 ) -> Matching:

@@ -187,12 +187,20 @@ def test_froc_curve_points():
 
 
 def test_sensitivity_at_rates_and_cpm():
-    # best operating point with FP/scan <= r:
-    #   1/8 -> 0.25, 1/4 -> 0.25, 1/2 -> 0.5, 1 -> 0.5, 2 -> 0.75, 4 -> 0.75, 8 -> 0.75
+    # best operating point with FP/scan <= r: 1/8 -> 0.25, 1/4 -> 0.25, 1/2 -> 0.5, 1 -> 0.5;
+    # the curve ends at 1.5 FP/scan, so 2, 4 and 8 FP/scan are not reached (NaN, never the
+    # last value repeated) and the CPM is undefined
     sens = froc.sensitivity_at(SCORES, IS_TP, n_gt=4, n_scans=2)
+    np.testing.assert_allclose(sens, [0.25, 0.25, 0.5, 0.5, np.nan, np.nan, np.nan])
+    assert math.isnan(froc.cpm(SCORES, IS_TP, n_gt=4, n_scans=2))
+    # 15 more false alarms (scores 0.3 ... 0.16) take the curve to 9 FP/scan: every rate is
+    # reached; 2, 4 and 8 FP/scan keep the 0.75 of the last TP (0.4), reached at 1.5 FP/scan
+    scores = [*SCORES, *np.linspace(0.3, 0.16, 15)]
+    is_tp = [*IS_TP, *([False] * 15)]
+    sens = froc.sensitivity_at(scores, is_tp, n_gt=4, n_scans=2)
     np.testing.assert_allclose(sens, [0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75])
     # CPM = (0.25 + 0.25 + 0.5 + 0.5 + 0.75 * 3) / 7 = 3.75 / 7
-    assert froc.cpm(SCORES, IS_TP, n_gt=4, n_scans=2) == pytest.approx(3.75 / 7)
+    assert froc.cpm(scores, is_tp, n_gt=4, n_scans=2) == pytest.approx(3.75 / 7)
 
 
 def test_average_precision_hand_list():
@@ -225,8 +233,8 @@ def sweep_cases() -> list[CaseResult]:
     FP at score 0.95 -> 3 scans. Points now (FP/scan over 3 scans, sensitivity):
     0.95 -> (1/3, 0), 0.9 -> (1/3, 1/4), 0.8 -> (2/3, 1/4), 0.7 -> (2/3, 2/4), 0.6 -> (1, 2/4),
     0.5 -> (4/3, 2/4), 0.4 -> (4/3, 3/4).
-    sensitivity at 1/8, 1/4 -> 0; 1/2 -> 1/4; 1 -> 2/4; 2, 4, 8 -> 3/4;
-    CPM = (0 + 0 + 0.25 + 0.5 + 0.75 * 3) / 7 = 3 / 7.
+    sensitivity at 1/8, 1/4 -> 0; 1/2 -> 1/4; 1 -> 2/4; the curve ends at 4/3 FP/scan with
+    a CMB still missed, so 2, 4 and 8 FP/scan are not reached and the CPM is undefined.
     """
     # scan a: CMBs 1, 2 (3 not predicted); predictions 0.9 TP, 0.7 TP, 0.8 FP
     a = make_case("a", 3, 3, 2, scores=[0.9, 0.7, 0.8])
@@ -245,12 +253,13 @@ def test_aggregate_sweep_counts_negative_scans():
         "0.25": 0.0,
         "0.5": pytest.approx(0.25),
         "1": pytest.approx(0.5),
-        "2": pytest.approx(0.75),
-        "4": pytest.approx(0.75),
-        "8": pytest.approx(0.75),
+        "2": None,
+        "4": None,
+        "8": None,
     }
-    assert sw["cpm"] == pytest.approx(3 / 7)
-    assert m["headline"]["cpm"]["value"] == pytest.approx(3 / 7)
+    assert sw["not_reached"] == ["2", "4", "8"]
+    assert sw["curve_end"] == {"fp_per_scan": pytest.approx(4 / 3), "sensitivity": 0.75}
+    assert sw["cpm"] is None and m["headline"]["cpm"]["value"] is None
     # AP: precision at the TPs 1/2 (0.9), 2/4 (0.7), 3/7 (0.4) -> (1/2 + 1/2 + 3/7) / 4
     assert sw["ap"] == pytest.approx((0.5 + 0.5 + 3 / 7) / 4)
     assert sw["froc"]["fp_per_scan"][-1] == pytest.approx(4 / 3)
@@ -361,7 +370,12 @@ def test_ci_contains_point_estimate_and_is_deterministic():
     }
     expected = set(HEADLINE) - {"valdo_f1_mean"}
     assert set(m1["headline"]) == expected
+    # ~2.5 predictions per scan at the operating point: the sweep ends near 1.3 FP/scan with
+    # CMBs missed, so 2-8 FP/scan are not reached and the CPM is undefined (no interval)
+    assert m1["headline"]["cpm"] == {"value": None, "ci": None}
     for name, item in m1["headline"].items():
+        if name == "cpm":
+            continue
         lo, hi = item["ci"]
         assert lo <= item["value"] + 1e-12 and item["value"] <= hi + 1e-12, name
         assert lo < hi, name
@@ -466,7 +480,14 @@ def reference_sweep(scores, is_tp, n_gt, n_scans, rates):
     for t in sorted(set(scores)):
         kept = [tp for s, tp in zip(scores, is_tp, strict=True) if s >= t]
         points.append((sum(not k for k in kept), sum(kept)))
-    sens = [max(tp for fp, tp in points if fp / n_scans <= r) / n_gt for r in rates]
+    # a rate past the curve's end is not reached (NaN) unless every CMB was found by then
+    fp_end, tp_end = max(points)
+    sens = [
+        max(tp for fp, tp in points if fp / n_scans <= r) / n_gt
+        if fp_end / n_scans >= r or tp_end >= n_gt
+        else np.nan
+        for r in rates
+    ]
     # AP: walk thresholds from high to low, add precision at each recall step
     ap, prev_tp = 0.0, 0
     for t in sorted(set(scores), reverse=True):

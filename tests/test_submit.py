@@ -150,3 +150,16 @@ def test_generate_writes_just_the_split_to_submit_for(tmp_path):
     # the tree's splits.json is the split the dataset uses
     splits = json.loads((out / "splits.json").read_text())
     assert sorted(splits["test"]) == sorted(expected)
+
+
+def test_the_board_says_what_its_froc_is_computed_from(cubes, tmp_path):
+    from cmbbench.leaderboard.store import group_runs, load_records
+    from cmbbench.leaderboard.table import build_table
+
+    pred = _write_truth(cubes, tmp_path / "pred", scale=0.75)
+    submit_folder(pred, "engine-cubes", name="maps", n_bootstrap=0).save(tmp_path / "a.json")
+    ((key, runs),) = group_runs(load_records([tmp_path / "a.json"])).items()
+    assert build_table(key, runs, n_bootstrap=0, seed=0).froc_source == "candidates"
+    # the committed v1.1 board predates candidate lists: it says so
+    board = (Path(__file__).parents[1] / "leaderboards" / "leaderboard.md").read_text()
+    assert "FROC at the operating point only" in board

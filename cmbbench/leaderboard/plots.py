@@ -51,20 +51,21 @@ def _save(fig, path: Path) -> Path:
 
 def froc_points(row: Row) -> tuple[np.ndarray, np.ndarray] | None:
     """(FP per scan, sensitivity) of the row's seeds pooled (lesions of all seeds, scans and
-    CMBs counted once per seed), or ``None`` when predictions carry no scores."""
+    CMBs counted once per seed), swept exactly as the metrics sweep each run (every candidate
+    when the run recorded them, else its operating point: :class:`cmbbench.scoring.sweep.Sweep`),
+    or ``None`` when predictions carry no scores."""
+    from cmbbench.scoring.sweep import Sweep
+
     scores, is_tp = [], []
     n_gt = n_scans = 0
     for run in row.runs:
         n_scans += len(run.cases)
-        for c in run.cases:
-            n_gt += c.n_gt
-            for p in c.pred:
-                if p.attrs.get("ignore", False):
-                    continue
-                if p.score is None:
-                    return None
-                scores.append(float(p.score))
-                is_tp.append(bool(p.matched))
+        n_gt += sum(c.n_gt for c in run.cases)
+        sw = Sweep(sorted(run.cases, key=lambda c: c.case_id))
+        if not sw.available and sw.scores.size == 0 and sw.reason != "no predicted lesions":
+            return None
+        scores.extend(sw.scores.tolist())
+        is_tp.extend(sw.is_tp.tolist())
     if n_gt == 0 or n_scans == 0:
         return None
     curve = froc_curve(

@@ -11,7 +11,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cmbbench.leaderboard.plots import plotting_version
-from cmbbench.leaderboard.render_md import LEGEND, order_line, rankings_line, rule_line
+from cmbbench.leaderboard.render_md import (
+    LEGEND,
+    froc_line,
+    order_line,
+    rankings_line,
+    rule_line,
+)
 from cmbbench.leaderboard.significance import ALPHA, significance_text
 from cmbbench.leaderboard.table import Table, display_cells, display_headers, fmt, interval_text
 from cmbbench.scoring.metrics import EDGE_CASE_POLICY
@@ -158,6 +164,7 @@ def render_table_html(table: Table, images: Mapping[str, Path] | None = None) ->
         f"<h2>{html.escape(table.key.title)}</h2>",
         markdown_block(rule_line(table)),
         markdown_block(rankings_line(table)),
+        markdown_block(froc_line(table)),
         markdown_block(order_line(table)),
         f'<div class="policy">{markdown_block(EDGE_CASE_POLICY)}</div>',
         f'<table class="lb"><thead><tr>{head}</tr></thead><tbody>',

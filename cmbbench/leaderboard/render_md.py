@@ -43,6 +43,28 @@ def rule_line(table: Table) -> str:
     )
 
 
+FROC_NOTES = {
+    "candidates": (
+        "**FROC** from every candidate the models emitted (down to each record's candidate "
+        "floor); counting metrics at each model's operating point."
+    ),
+    "operating_point": (
+        "**FROC at the operating point only**: these records hold no candidate lists, so each "
+        "curve ends at the model's tuned operating point; sensitivities past a curve's end, and "
+        "the CPM, are not reached (n/a) rather than the last value repeated."
+    ),
+    "mixed": (
+        "**FROC** from every candidate for the runs that recorded them and at the operating "
+        "point for the others: the CPM of the two kinds is not comparable."
+    ),
+}
+
+
+def froc_line(table: Table) -> str:
+    """What the table's FROC curves and CPM are computed from."""
+    return FROC_NOTES[table.froc_source]
+
+
 def rankings_line(table: Table) -> str:
     """The rankings' settings, the smallest detectable paired ΔF1 and the rank stability."""
     r = table.rankings
@@ -101,6 +123,8 @@ def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str
         rule_line(table),
         "",
         rankings_line(table),
+        "",
+        froc_line(table),
         "",
         order_line(table),
         "",

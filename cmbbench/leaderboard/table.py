@@ -114,6 +114,10 @@ class Table:
     n_bootstrap: int
     bootstrap_seed: int
     ranking: str = "bootstrap"  # the ranking that orders the rows
+    #: what the FROC and CPM are computed from: "candidates" (every run records every
+    #: candidate), "operating_point" (none does: curves end at each model's operating point)
+    #: or "mixed"
+    froc_source: str = "operating_point"
     rankings: TableRankings | None = None
     valdo: ValdoRanking | None = None  # only with ranking "valdo"
 
@@ -179,7 +183,16 @@ def build_table(key: GroupKey, runs: Sequence[RunEntry], *, n_bootstrap: int, se
 
     rows.sort(key=order)
     n_cases = max((len(r.cases) for r in runs), default=0)
-    return Table(key=key, rows=rows, n_cases=n_cases, n_bootstrap=n_bootstrap, bootstrap_seed=seed)
+    full = {all(c.candidates is not None for c in r.cases) for r in runs}
+    source = "mixed" if len(full) > 1 else ("candidates" if full == {True} else "operating_point")
+    return Table(
+        key=key,
+        rows=rows,
+        n_cases=n_cases,
+        n_bootstrap=n_bootstrap,
+        bootstrap_seed=seed,
+        froc_source=source,
+    )
 
 
 # ---------------------------------------------------------------------------- formatting

@@ -104,7 +104,11 @@ def sensitivity_at_from_counts(
     """Sensitivity at each FP-per-scan rate; shape ``(..., len(fp_rates))``.
 
     ``cum_tp``/``cum_fp`` have shape ``(..., G)`` (non-decreasing along the last axis);
-    ``n_gt`` and ``n_scans`` broadcast against the leading shape. NaN where ``n_gt == 0``.
+    ``n_gt`` and ``n_scans`` broadcast against the leading shape. NaN where ``n_gt == 0``,
+    and where the rate is **not reached**: the curve ends (its last operating point) below
+    ``r`` FP per scan with CMBs still missed, so no threshold of these lesions says what the
+    model finds at that rate; the last value is never repeated past the curve's end. (A
+    curve that ends with every CMB found has its sensitivity, 1, at every higher rate.)
     """
     cum_tp = np.asarray(cum_tp, dtype=np.float64)
     cum_fp = np.asarray(cum_fp, dtype=np.float64)
@@ -114,13 +118,16 @@ def sensitivity_at_from_counts(
     # prepend the origin (nothing kept) so that an index of 0 means "no operating point"
     zeros = np.zeros((*lead, 1))
     tp0 = np.concatenate([zeros, cum_tp], axis=-1)
+    fp_end = cum_fp[..., -1] if cum_fp.shape[-1] else np.zeros(lead)
+    all_found = (cum_tp[..., -1] if cum_tp.shape[-1] else np.zeros(lead)) >= n_gt
     out = np.empty((*lead, len(fp_rates)))
     with np.errstate(invalid="ignore", divide="ignore"):
         for j, r in enumerate(fp_rates):
             allowed = cum_fp <= (r * n_scans)[..., None] + 1e-9  # counts are whole numbers
             k = allowed.sum(axis=-1)  # cum_fp is non-decreasing: the first k points qualify
             tp_at = np.take_along_axis(tp0, k[..., None], axis=-1)[..., 0]
-            out[..., j] = np.where(n_gt > 0, tp_at / n_gt, np.nan)
+            reached = (fp_end >= r * n_scans - 1e-9) | all_found
+            out[..., j] = np.where((n_gt > 0) & reached, tp_at / n_gt, np.nan)
     return out
 
 

@@ -121,6 +121,14 @@ def sweep_section(sw: Sweep, t: CaseTable, fp_rates: Sequence[float]) -> dict[st
             "sensitivity": [_f(x) for x in curve["sensitivity"]],
         },
         "sensitivity_at": {f"{r:g}": _f(v) for r, v in zip(fp_rates, sens, strict=True)},
+        # where the curve ends: rates past it are "not reached" (null), and so is the CPM
+        "curve_end": {
+            "fp_per_scan": _f(curve["fp_per_scan"][-1]),
+            "sensitivity": _f(curve["sensitivity"][-1]),
+        },
+        "not_reached": [f"{r:g}" for r, v in zip(fp_rates, sens, strict=True) if np.isnan(v)]
+        if n_gt > 0
+        else [],
         "cpm": _f(np.mean(sens)),
         "ap": _f(froc.average_precision(sw.scores, sw.is_tp, n_gt)),
     }

@@ -140,6 +140,7 @@ def submit_folder(
         cases=results,
         metrics=metrics,
         environment={"device": "external"},
+        hardware={"label": "external submission", "class": SUBMISSION_KIND},
         timings={"scoring_seconds": score_s},
         artifacts={
             "predictions": str(Path(pred_dir).resolve()),

@@ -163,3 +163,28 @@ def test_the_board_says_what_its_froc_is_computed_from(cubes, tmp_path):
     # the committed v1.1 board predates candidate lists: it says so
     board = (Path(__file__).parents[1] / "leaderboards" / "leaderboard.md").read_text()
     assert "FROC at the operating point only" in board
+
+
+def test_a_submission_joins_the_runs_table(cubes, tmp_path):
+    from cmbbench.engine.run import run
+    from cmbbench.leaderboard.build import build_leaderboard
+
+    torch.set_num_threads(1)
+    run(
+        "engine_tiny",
+        "engine-cubes",
+        preset="tiny",
+        device="cpu",
+        out=tmp_path / "runs" / "tiny",
+        overrides={"steps": 10, "val_every": 10, "checkpoint_every": 10, "batch_size": 4},
+        n_bootstrap=10,
+    )
+    pred = _write_truth(cubes, tmp_path / "pred")
+    sub = submit_folder(pred, "engine-cubes", name="oracle", n_bootstrap=10)
+    sub.save(tmp_path / "runs" / "oracle.json")
+    build_leaderboard([tmp_path / "runs"], tmp_path / "board", n_bootstrap=20)
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    # one table (the run's track), the submission ranked first in it, marked as external
+    assert md.count("## engine-cubes") == 1 and "track tiny / cpu" in md
+    first_row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "oracle" in first_row and "external submission" in first_row

@@ -23,6 +23,7 @@ from cmbbench.engine.record import RECORD_TYPE, hardware_of, read_record_json, r
 from cmbbench.errors import InputError
 from cmbbench.io import dumps
 from cmbbench.scoring.records import CaseResult
+from cmbbench.submission import SUBMISSION_KIND
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ class GroupKey:
     rule: str
     params: str  # the rule parameters as deterministic JSON
     track: str  # "<preset> / <hardware class>", e.g. "quick / cpu"
+
+    def scored_like(self, other: GroupKey) -> bool:
+        """Same dataset version, split, rule and rule parameters (the track aside)."""
+        return (self.dataset, self.version, self.split, self.rule, self.params) == (
+            other.dataset,
+            other.version,
+            other.split,
+            other.rule,
+            other.params,
+        )
 
     @property
     def title(self) -> str:
@@ -82,6 +93,12 @@ class RunEntry:
     cases: list[CaseResult]
     timings: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # recipe_fingerprint(): the full recipe + model arguments
+    kind: str = "network"  # the record's model.kind: network | detector | submission
+
+    @property
+    def is_submission(self) -> bool:
+        """An external submission (``cmbbench submit``): predictions made outside cmbbench."""
+        return self.kind == SUBMISSION_KIND
 
     @property
     def track(self) -> str:
@@ -239,6 +256,7 @@ def _parse(data: dict[str, Any]) -> dict[str, Any]:
         fingerprint = recipe_fingerprint(recipe, model_kwargs)
     return {
         "model": model["name"],
+        "kind": str(model.get("kind") or "network"),
         "preset": str(data.get("recipe_preset") or "custom"),
         "overrides": {k: recipe.get(k) for k in sorted(overridden) if k != "seed"},
         "hardware": str(hardware["label"]),
@@ -282,8 +300,19 @@ def group_runs(entries: Iterable[RunEntry]) -> dict[GroupKey, list[RunEntry]]:
     split, rule and track. Two records of the same model, recipe (fingerprint included),
     hardware and seed in one table are an :class:`InputError` (a run counted twice)."""
     groups: dict[GroupKey, list[RunEntry]] = {}
+    submissions: list[RunEntry] = []
     for e in entries:
-        groups.setdefault(e.group_key, []).append(e)
+        if e.is_submission:
+            submissions.append(e)
+        else:
+            groups.setdefault(e.group_key, []).append(e)
+    # a submission joins every table of runs scored on the same cases under the same rule
+    # (dataset, version, split, rule parameters), whatever their track; with none, the
+    # submissions form a table of their own
+    for e in submissions:
+        same = [k for k in groups if k.scored_like(e.group_key) and k.track != e.track]
+        for k in same or [e.group_key]:
+            groups.setdefault(k, []).append(e)
     out: dict[GroupKey, list[RunEntry]] = {}
     for key in sorted(
         groups,

@@ -104,24 +104,62 @@ def run(
     the :class:`RunRecord` (also written to ``out/record.json``).
     """
     configure_openmp()
-    import torch
 
     from cmbbench.datasets.registry import options_for_recipe
-    from cmbbench.engine.distributed import init_distributed, shutdown
-    from cmbbench.engine.recipe import resolve_recipe
+    from cmbbench.engine.distributed import shutdown
     from cmbbench.engine.stages import load_run_data
-    from cmbbench.models.registry import build_model
 
     t_start = time.perf_counter()
+    setup = _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap)
+    run_dir = (
+        Path(out) if out is not None else default_run_dir(model, dataset, setup.preset, setup.seed)
+    )
+    _claim_run_dir(run_dir, resume, setup.ctx)
+    built, recipe, sources = _build(setup)
+    root_s = None if root is None else str(root)
+    options = options_for_recipe(dataset, setup.preset, dataset_options)
+    data = load_run_data(dataset, root=root_s, options=options, ctx=setup.ctx, progress=progress)
+    _fit_and_score(setup, built, recipe, sources, data, run_dir, resume, progress, t_start)
+    shutdown(setup.ctx)
+    from cmbbench.engine.record import load_run_record
+
+    # every rank returns exactly what the file holds (JSON types: lists, not tuples)
+    return load_run_record(run_dir / RECORD_NAME)
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """What every run of one command shares: model, recipe preset, seed, device, the
+    distributed context and the user's overrides."""
+
+    model: str
+    preset: str
+    seed: int
+    device: Any
+    ctx: Any
+    overrides: dict[str, Any]
+    model_kwargs: dict[str, Any]
+    n_bootstrap: int
+
+
+def _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap) -> RunSetup:
+    from cmbbench.datasets.registry import dataset_info
+    from cmbbench.engine.distributed import init_distributed
+
+    dataset_info(dataset)  # an unknown name fails before anything starts, listing the known
     overrides = dict(overrides or {})
     seed = _run_seed(seed, overrides)
     dev = resolve_device(device)
     ctx = init_distributed(dev)
-    dev = ctx.device
     if preset is None:
-        preset = "full" if dev.type == "cuda" else "quick"
-        logger.warning("no --preset given: using %r on %s", preset, dev)
-    run_dir = Path(out) if out is not None else default_run_dir(model, dataset, preset, seed)
+        preset = "full" if ctx.device.type == "cuda" else "quick"
+        logger.warning("no --preset given: using %r on %s", preset, ctx.device)
+    return RunSetup(
+        model, preset, seed, ctx.device, ctx, overrides, dict(model_kwargs or {}), n_bootstrap
+    )
+
+
+def _claim_run_dir(run_dir: Path, resume: bool, ctx: Any) -> None:
     if not resume and (run_dir / "checkpoints" / "last.pt").exists():
         raise RunDirError(
             f"run directory {run_dir} already holds a run; pass --resume to continue it "
@@ -130,18 +168,39 @@ def run(
     if ctx.is_main:
         _check_writable(run_dir)
 
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    built = build_model(model, **dict(model_kwargs or {}))
-    resolved = resolve_recipe(preset, built.recipe_overrides, overrides)
-    recipe = dataclasses.replace(resolved.recipe, seed=seed)
-    sources = dict(resolved.sources)
-    if seed != resolved.recipe.seed:
-        sources["seed"] = "user"
 
-    root_s = None if root is None else str(root)
-    options = options_for_recipe(dataset, preset, dataset_options)
-    data = load_run_data(dataset, root=root_s, options=options, ctx=ctx, progress=progress)
+def _build(setup: RunSetup) -> tuple[Any, Any, dict[str, str]]:
+    """Seed torch and numpy, build the model, resolve its recipe: ``(built, recipe, sources)``."""
+    import torch
+
+    from cmbbench.engine.recipe import resolve_recipe
+    from cmbbench.models.registry import build_model
+
+    torch.manual_seed(setup.seed)
+    np.random.seed(setup.seed % 2**32)
+    built = build_model(setup.model, **setup.model_kwargs)
+    resolved = resolve_recipe(setup.preset, built.recipe_overrides, setup.overrides)
+    recipe = dataclasses.replace(resolved.recipe, seed=setup.seed)
+    sources = dict(resolved.sources)
+    if setup.seed != resolved.recipe.seed:
+        sources["seed"] = "user"
+    return built, recipe, sources
+
+
+def _fit_and_score(
+    setup: RunSetup,
+    built: Any,
+    recipe: Any,
+    sources: dict[str, str],
+    data: Any,
+    run_dir: Path,
+    resume: bool,
+    progress: ProgressFn | None,
+    t_start: float,
+) -> RunRecord | None:
+    """Fit, tune, predict and score ``data``'s test split; write ``run_dir/record.json`` (rank
+    0, which also gets the record back; other ranks ``None``)."""
+    dev, ctx = setup.device, setup.ctx
     evaluator = data.info.evaluator
     timings: dict[str, Any] = {"data_seconds": data.seconds}
     if built.kind == "network":
@@ -151,47 +210,47 @@ def run(
     else:
         outcome = _detector_stages(built, recipe, data, run_dir, evaluator, dev, ctx, progress)
     timings.update(outcome.timings)
+    if not ctx.is_main:
+        return None
+    from cmbbench.scoring.metrics import aggregate
 
-    if ctx.is_main:
-        from cmbbench.scoring.metrics import aggregate
+    t0 = time.perf_counter()
+    cases = outcome.scored.results
+    metrics = aggregate(cases, n_bootstrap=setup.n_bootstrap, seed=setup.seed)
+    timings["aggregate_seconds"] = time.perf_counter() - t0
+    timings["total_seconds"] = time.perf_counter() - t_start
+    record = RunRecord(
+        run_id=run_dir.name,
+        model={**_model_block(built), **outcome.model_extra},
+        recipe=recipe.to_dict(),
+        recipe_preset=setup.preset,
+        recipe_sources=sources,
+        dataset=data.record_dataset(),
+        seed=setup.seed,
+        rule=evaluator.rule,
+        params=dict(cases[0].params),
+        postprocess=outcome.postprocess,
+        training=outcome.training,
+        cases=cases,
+        metrics=metrics,
+        environment=environment(dev, ctx.world_size),
+        timings=timings,
+        artifacts=outcome.artifacts,
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        cmbbench_version=__version__,
+    )
+    save_record(record, run_dir / RECORD_NAME)
+    return record
 
-        t0 = time.perf_counter()
-        cases = outcome.scored.results
-        metrics = aggregate(cases, n_bootstrap=n_bootstrap, seed=seed)
-        timings["aggregate_seconds"] = time.perf_counter() - t0
-        timings["total_seconds"] = time.perf_counter() - t_start
-        record = RunRecord(
-            run_id=run_dir.name,
-            model={**_model_block(built), **outcome.model_extra},
-            recipe=recipe.to_dict(),
-            recipe_preset=preset,
-            recipe_sources=sources,
-            dataset=data.record_dataset(),
-            seed=seed,
-            rule=evaluator.rule,
-            params=dict(cases[0].params),
-            postprocess=outcome.postprocess,
-            training=outcome.training,
-            cases=cases,
-            metrics=metrics,
-            environment=environment(dev, ctx.world_size),
-            timings=timings,
-            artifacts=outcome.artifacts,
-            created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            cmbbench_version=__version__,
-        )
-        try:
-            record.save(run_dir / RECORD_NAME)
-        except OSError as err:
-            raise RunDirError(
-                f"cannot write the run record to {run_dir / RECORD_NAME}: {err.strerror or err}"
-            ) from None
-        logger.info("run record written to %s", run_dir / RECORD_NAME)
-    shutdown(ctx)
-    from cmbbench.engine.record import load_run_record
 
-    # every rank returns exactly what the file holds (JSON types: lists, not tuples)
-    return load_run_record(run_dir / RECORD_NAME)
+def save_record(record: RunRecord, path: Path) -> Path:
+    """Write a run record, a :class:`RunDirError` naming the file when it cannot be."""
+    try:
+        record.save(path)
+    except OSError as err:
+        raise RunDirError(f"cannot write the run record to {path}: {err.strerror or err}") from None
+    logger.info("run record written to %s", path)
+    return path
 
 
 def _run_seed(seed: int | None, overrides: dict[str, Any]) -> int:

@@ -92,6 +92,22 @@ def run_command(
     dataset_option: DatasetOptionOpt = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
     no_progress: NoProgressOpt = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds",
+            help="k-fold cross-validation over every case: OUT/fold-<i>/ per fold, the pooled "
+            "out-of-fold result in OUT/record.json (split cv<k>).",
+        ),
+    ] = None,
+    fold: Annotated[
+        int | None,
+        typer.Option("--fold", help="With --folds: run only this fold (parallel jobs)."),
+    ] = None,
+    split_file: Annotated[
+        Path | None,
+        typer.Option("--split-file", help="With --folds: a fold file (fold-0, fold-1, ...)."),
+    ] = None,
 ) -> None:
     """Train MODEL on a dataset, tune post-processing on val, score the test split, write a run record."""
     configure_openmp()
@@ -109,8 +125,38 @@ def run_command(
         options = parse_key_values(dataset_option, what="--dataset-option")
         from cmbbench.engine.run import run
 
+        if folds is None and (fold is not None or split_file is not None):
+            raise fail("--fold and --split-file go with --folds K (k-fold cross-validation)")
         # under torchrun only rank 0 draws and prints
         main_rank = os.environ.get("RANK", "0") == "0"
+        if folds is not None:
+            from cmbbench.engine.cv import run_cv
+            from cmbbench.engine.run import default_run_dir
+
+            out = out or Path(
+                f"{default_run_dir(model, dataset, preset or 'auto', seed or 0)}-cv{folds}"
+            )
+            with rich_progress(main_rank and not no_progress) as progress:
+                record = run_cv(
+                    model,
+                    dataset,
+                    folds=folds,
+                    fold=fold,
+                    out=out,
+                    root=None if root is None else str(root),
+                    split_file=split_file,
+                    preset=preset,
+                    device=device,
+                    seed=seed,
+                    resume=resume,
+                    overrides=overrides,
+                    progress=progress,
+                    dataset_options=options or None,
+                    n_bootstrap=bootstrap,
+                )
+            if main_rank:
+                _print_record(record, out if fold is None else out / f"fold-{fold}")
+            return
         with rich_progress(main_rank and not no_progress) as progress:
             record = run(
                 model,

@@ -37,19 +37,27 @@ class RunData:
     val: Dataset
     test: Dataset
     seconds: float
+    #: the scored split's name in the record: ``test``, or a cross-validation fold's
+    #: ``cv<k>-fold-<i>`` (whose record the leaderboard leaves to the pooled one)
+    split: str = "test"
 
     def record_dataset(self) -> dict[str, Any]:
-        """The run record's ``dataset`` block."""
-        return {
+        """The run record's ``dataset`` block (a cross-validation fold's also names the cases
+        it trained and validated on, so that anyone can check it never saw its test cases)."""
+        block = {
             "name": self.info.name,
             "version": self.test.version,
-            "split": "test",
+            "split": self.split,
             "options": self.options,
             "root": self.root,
             "n_train": len(self.train),
             "n_val": len(self.val),
             "n_test": len(self.test),
         }
+        if self.split != "test":
+            block["train_ids"] = [c.case_id for c in self.train]
+            block["val_ids"] = [c.case_id for c in self.val]
+        return block
 
 
 def load_run_data(

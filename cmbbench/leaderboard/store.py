@@ -286,7 +286,13 @@ def load_record(path: str | os.PathLike[str]) -> RunEntry:
 
 def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[RunEntry]:
     """Load every run record found under ``paths`` (see :func:`find_records`)."""
-    return [load_record(p) for p in find_records(paths)]
+    from cmbbench.engine.cv import is_fold_split
+
+    entries = [load_record(p) for p in find_records(paths)]
+    folds = [e for e in entries if is_fold_split(e.split)]
+    if folds:
+        log.info("%d cross-validation fold record(s) left to their pooled cv record", len(folds))
+    return [e for e in entries if not is_fold_split(e.split)]
 
 
 def _newest_first(version: str) -> tuple[tuple[int, Any], ...]:

@@ -282,23 +282,47 @@ def predict_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model_dir: ModelDirOpt,
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    root: RootOpt = None,
+    model_dir: Annotated[
+        list[Path],
+        typer.Option("--model-dir", help="A run directory written by `cmbbench run` (repeatable)."),
+    ],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset", help="Registered dataset name (repeatable: one result per target)."
+        ),
+    ] = None,
+    root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--root",
+            help="Dataset folder; with several datasets NAME=DIR (repeatable), e.g. valdo=/data/V.",
+        ),
+    ] = None,
     split: Annotated[
         str, typer.Option(help="train | val | test | all (every case of the dataset).")
     ] = "test",
     dataset_option: DatasetOptionOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write cases + metrics as JSON here.")
+        Path | None, typer.Option("--out", help="Write cases + metrics as JSON here (one pair).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            help="Several runs or datasets: one JSON per (run, dataset) and the cross-dataset "
+            "matrix (matrix.md, matrix.csv) here.",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     plugin: PluginOpt = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Score a finished run's model (its weights and tuned post-processing) on another dataset or split."""
+    """Score finished runs' models (weights and tuned post-processing) on other datasets or splits."""
     configure_openmp()
+    datasets = list(dataset or [DEFAULT_DATASET])
+    pairs = [(m, d) for m in model_dir for d in datasets]
     try:
         _load_plugins(plugin)
         from cmbbench.engine.evaluate import evaluate_run
@@ -306,30 +330,80 @@ def evaluate_command(
 
         if split not in ("train", "val", "test", "all"):
             raise fail(f"--split: expected train, val, test or all; received {split!r}")
-        options = parse_key_values(dataset_option, what="--dataset-option")
-        with rich_progress(not no_progress) as progress:
-            report = evaluate_run(
-                model_dir,
-                dataset,
-                root=None if root is None else str(root),
-                split=None if split == "all" else split,
-                dataset_options=options or None,
-                device=device,
-                n_bootstrap=bootstrap,
-                progress=progress,
+        if len(pairs) > 1 and out_dir is None:
+            raise fail(
+                f"{len(model_dir)} run(s) x {len(datasets)} dataset(s): pass --out-dir for one "
+                "result per pair and the matrix (--out holds one result)"
             )
-        if out is not None:
-            save_results(report, out)
+        if out is not None and len(pairs) > 1:
+            raise fail("--out holds one result; with several runs or datasets use --out-dir")
+        roots = _roots(root, datasets)
+        options = parse_key_values(dataset_option, what="--dataset-option")
+        done = []
+        for run_dir, name in pairs:
+            with rich_progress(not no_progress) as progress:
+                report = evaluate_run(
+                    run_dir,
+                    name,
+                    root=roots.get(name),
+                    split=None if split == "all" else split,
+                    dataset_options=options or None,
+                    device=device,
+                    n_bootstrap=bootstrap,
+                    progress=progress,
+                )
+            path = out
+            if out_dir is not None:
+                path = out_dir / f"{run_dir.name}__{name}-{split}.json"
+            if path is not None:
+                save_results(report, path)
+            done.append((report, path, run_dir, name))
+        matrix_files = _write_matrix(done, out_dir) if out_dir is not None else []
     except CmbbenchError as err:
         raise fail(str(err)) from None
     except OSError as err:
-        raise fail(f"cannot write {out}: {err.strerror or err}") from None
+        raise fail(f"cannot write {out or out_dir}: {err.strerror or err}") from None
     from cmbbench.cli.score import print_report
 
-    print_report(
-        report,
-        f"{report.info['model']} ({model_dir.name}) on {dataset}, split {split} "
-        f"({len(report.cases)} cases, rule {report.rule})",
+    for report, path, run_dir, name in done:
+        print_report(
+            report,
+            f"{report.info['model']} ({run_dir.name}) on {name}, split {split} "
+            f"({len(report.cases)} cases, rule {report.rule})",
+        )
+        if path is not None:
+            console.print(f"results written to [bold]{path}[/]")
+    for f in matrix_files:
+        console.print(f"cross-dataset matrix written to [bold]{f}[/]")
+
+
+def _roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:
+    """``--root`` values per dataset: a plain path for the only dataset, else NAME=DIR."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if sep and name in datasets:
+            out[name] = path
+        elif len(datasets) == 1 and not sep:
+            out[datasets[0]] = item
+        else:
+            raise fail(
+                f"--root {item!r}: with several datasets give NAME=DIR for one of "
+                f"{', '.join(datasets)}"
+            )
+    return out
+
+
+def _write_matrix(done: list, out_dir: Path) -> list[Path]:
+    from cmbbench.io import write_atomic
+    from cmbbench.leaderboard.matrix import (
+        build_matrix,
+        render_matrix_csv,
+        render_matrix_markdown,
     )
-    if out is not None:
-        console.print(f"results written to [bold]{out}[/]")
+
+    m = build_matrix([(report, str(path.name)) for report, path, _, _ in done])
+    return [
+        write_atomic(out_dir / "matrix.md", render_matrix_markdown(m)),
+        write_atomic(out_dir / "matrix.csv", render_matrix_csv(m)),
+    ]

@@ -1,0 +1,151 @@
+"""Cross-dataset results: finished runs (rows) scored on target datasets (columns).
+
+A model trained on one set and tested on another is the problem every deployment has (VALDO's
+test set spans three cohorts and scanners). ``cmbbench evaluate --model-dir RUN ... --dataset
+A --dataset B`` scores every run on every target with the target's own evaluator
+(:func:`cmbbench.engine.evaluate.evaluate_run`) and writes one result file per pair plus the
+matrix, built and rendered here from those result files alone: each cell is the target's
+micro F1 with its 95 % case-bootstrap interval and the FP per scan; the diagonal (a run on
+the dataset it was trained on) is marked. Pure Python over score reports: no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cmbbench.scoring.records import ScoreReport
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One (run, target) result: headline values, the case count and the result file."""
+
+    f1: float | None
+    f1_ci: tuple[float, float] | None
+    fp_per_scan: float | None
+    n_cases: int
+    file: str
+
+
+@dataclass(frozen=True)
+class CrossDatasetMatrix:
+    """Rows: source runs (``"<model> (<run>) trained on <dataset> v<version>"``); columns:
+    targets (``"<dataset> <split>"``); ``cells[(row, column)]``; ``home[row]``: the column of
+    the row's own dataset, if it is a target."""
+
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], MatrixCell]
+    home: dict[str, str]
+
+
+def _headline(report: ScoreReport, name: str) -> tuple[float | None, Any]:
+    item = report.metrics.get("headline", {}).get(name) or {}
+    return item.get("value"), item.get("ci")
+
+
+def row_label(info: dict[str, Any]) -> str:
+    """A source run's row label from an evaluate report's ``info``."""
+    trained = info.get("trained_on") or {}
+    return (
+        f"{info.get('model')} ({info.get('run')}) trained on {trained.get('name')} "
+        f"v{trained.get('version')}"
+    )
+
+
+def column_label(info: dict[str, Any]) -> str:
+    """A target's column label from an evaluate report's ``info``."""
+    d = info.get("dataset") or {}
+    return f"{d.get('name')} {d.get('split') or 'all'}"
+
+
+def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatrix:
+    """The matrix of ``(report, file)`` pairs written by ``cmbbench evaluate``; rows and
+    columns in first-seen order."""
+    rows: list[str] = []
+    columns: list[str] = []
+    cells: dict[tuple[str, str], MatrixCell] = {}
+    home: dict[str, str] = {}
+    for report, file in reports:
+        r, c = row_label(report.info), column_label(report.info)
+        if r not in rows:
+            rows.append(r)
+        if c not in columns:
+            columns.append(c)
+        f1, ci = _headline(report, "f1_micro")
+        fp, _ = _headline(report, "fp_per_scan")
+        cells[(r, c)] = MatrixCell(
+            f1,
+            tuple(ci) if ci else None,
+            fp,
+            len(report.cases),
+            file,  # type: ignore[arg-type]
+        )
+        if (report.info.get("trained_on") or {}).get("name") == (
+            report.info.get("dataset") or {}
+        ).get("name"):
+            home[r] = c
+    return CrossDatasetMatrix(rows, columns, cells, home)
+
+
+def _cell_text(cell: MatrixCell | None) -> str:
+    if cell is None:
+        return "–"
+    f1 = "n/a" if cell.f1 is None else f"{cell.f1:.3f}"
+    ci = f" [{cell.f1_ci[0]:.3f}, {cell.f1_ci[1]:.3f}]" if cell.f1_ci else ""
+    fp = "n/a" if cell.fp_per_scan is None else f"{cell.fp_per_scan:.2f}"
+    return f"{f1}{ci}, {fp} FP/scan (n={cell.n_cases})"
+
+
+def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
+    """A Markdown table: one row per run, one column per target; ``*`` marks a run on its
+    own dataset."""
+    lines = [
+        "# Cross-dataset results",
+        "",
+        "Micro F1 [95 % case-bootstrap CI], FP per scan and cases, each target scored with "
+        "its own evaluator; `*` marks a run on the dataset it was trained on.",
+        "",
+        "| run | " + " | ".join(m.columns) + " |",
+        "|---|" + "---|" * len(m.columns),
+    ]
+    for r in m.rows:
+        cells = []
+        for c in m.columns:
+            text = _cell_text(m.cells.get((r, c)))
+            cells.append(text + (" *" if m.home.get(r) == c else ""))
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_matrix_csv(m: CrossDatasetMatrix) -> str:
+    """One line per (run, target): the values of a cell, machine-readable."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        ["run", "target", "own_dataset", "f1", "f1_lo", "f1_hi", "fp_per_scan", "n_cases", "file"]
+    )
+    for r in m.rows:
+        for c in m.columns:
+            cell = m.cells.get((r, c))
+            if cell is None:
+                continue
+            lo, hi = cell.f1_ci if cell.f1_ci else (None, None)
+            w.writerow(
+                [
+                    r,
+                    c,
+                    int(m.home.get(r) == c),
+                    "" if cell.f1 is None else f"{cell.f1:.6g}",
+                    "" if lo is None else f"{lo:.6g}",
+                    "" if hi is None else f"{hi:.6g}",
+                    "" if cell.fp_per_scan is None else f"{cell.fp_per_scan:.6g}",
+                    cell.n_cases,
+                    cell.file,
+                ]
+            )
+    return buf.getvalue()

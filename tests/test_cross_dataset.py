@@ -1,0 +1,90 @@
+"""Cross-dataset evaluation: runs x target datasets, one result per pair and the matrix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmbbench.cases import Case, CaseData
+from cmbbench.cli import app
+from cmbbench.datasets.registry import Dataset, DatasetInfo, register_dataset
+from cmbbench.models.registry import load_plugin
+
+PLUGIN = str(Path(__file__).with_name("engine_plugin_example.py"))
+TINY = ["--set", "steps=10", "--set", "val_every=10", "--set", "checkpoint_every=10"]
+TINY += ["--set", "batch_size=4", "--bootstrap", "10", "--device", "cpu", "--no-progress"]
+
+DIM = DatasetInfo(
+    name="engine-cubes-dim",
+    description="the engine cubes at a third of the contrast (a domain shift, tests)",
+    version="test-1",
+    label_kind="instance",
+    needs_root=False,
+)
+
+
+@register_dataset(DIM)
+def engine_cubes_dim(root=None, split=None, **options) -> Dataset:
+    plugin = load_plugin(PLUGIN)
+    base = plugin.engine_cubes(split=split)
+
+    def dim(c: Case) -> Case:
+        def load(c=c):
+            img = np.asarray(c.image, np.float32)
+            return CaseData(100.0 + (img - 100.0) / 3.0, np.asarray(c.label))
+
+        return Case(c.case_id, c.affine, c.shape, c.label_kind, load, meta=dict(c.meta))
+
+    return Dataset(DIM, [dim(c) for c in base], split=split, options=options)
+
+
+@pytest.mark.slow
+def test_runs_times_datasets_give_a_result_per_pair_and_the_matrix(tmp_path):
+    torch.set_num_threads(1)
+    runner = CliRunner()
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"run{seed}"
+        run_args = ["run", "--plugin", PLUGIN, "--model", "engine_tiny"]
+        run_args += ["--dataset", "engine-cubes", "--preset", "tiny", "--seed", str(seed)]
+        r = runner.invoke(app, [*run_args, "--out", str(out), *TINY])
+        assert r.exit_code == 0, r.output
+        runs.append(out)
+    args = ["evaluate", "--plugin", PLUGIN, "--device", "cpu", "--no-progress"]
+    args += ["--bootstrap", "10", "--dataset", "engine-cubes", "--dataset", "engine-cubes-dim"]
+    for run in runs:
+        args += ["--model-dir", str(run)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "--out-dir" in r.output  # several pairs need a folder
+    r = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in (tmp_path / "x").glob("*.json"))
+    assert files == [
+        "run0__engine-cubes-dim-test.json",
+        "run0__engine-cubes-test.json",
+        "run1__engine-cubes-dim-test.json",
+        "run1__engine-cubes-test.json",
+    ]
+    md = (tmp_path / "x" / "matrix.md").read_text()
+    assert "| run | engine-cubes test | engine-cubes-dim test |" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "x" / "matrix.csv").read_text())))
+    assert len(rows) == 4
+    # the runs' own dataset is marked, and its cell is the run's own test result
+    own = [row for row in rows if row["own_dataset"] == "1"]
+    assert {row["target"] for row in own} == {"engine-cubes test"}
+    from cmbbench.engine.record import load_run_record
+    from cmbbench.scoring.records import load_results
+
+    for run in runs:
+        rec = load_run_record(run)
+        rep = load_results(tmp_path / "x" / f"{run.name}__engine-cubes-test.json")
+        assert [(c.tp, c.fp, c.fn) for c in rep.cases] == [(c.tp, c.fp, c.fn) for c in rec.cases]
+    # --root NAME=DIR is checked against the targets
+    r = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "y"), "--root", "valdo=/nope"])
+    assert r.exit_code == 1 and "NAME=DIR" in r.output

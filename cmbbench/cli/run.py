@@ -129,53 +129,35 @@ def run_command(
             raise fail("--fold and --split-file go with --folds K (k-fold cross-validation)")
         # under torchrun only rank 0 draws and prints
         main_rank = os.environ.get("RANK", "0") == "0"
-        if folds is not None:
-            from cmbbench.engine.cv import run_cv
-            from cmbbench.engine.run import default_run_dir
-
-            out = out or Path(
-                f"{default_run_dir(model, dataset, preset or 'auto', seed or 0)}-cv{folds}"
-            )
-            with rich_progress(main_rank and not no_progress) as progress:
-                record = run_cv(
-                    model,
-                    dataset,
-                    folds=folds,
-                    fold=fold,
-                    out=out,
-                    root=None if root is None else str(root),
-                    split_file=split_file,
-                    preset=preset,
-                    device=device,
-                    seed=seed,
-                    resume=resume,
-                    overrides=overrides,
-                    progress=progress,
-                    dataset_options=options or None,
-                    n_bootstrap=bootstrap,
-                )
-            if main_rank:
-                _print_record(record, out if fold is None else out / f"fold-{fold}")
-            return
+        common: dict[str, Any] = {
+            "root": None if root is None else str(root),
+            "preset": preset,
+            "device": device,
+            "seed": seed,
+            "resume": resume,
+            "overrides": overrides,
+            "dataset_options": options or None,
+            "n_bootstrap": bootstrap,
+        }
+        shown = out
         with rich_progress(main_rank and not no_progress) as progress:
-            record = run(
-                model,
-                dataset,
-                root=None if root is None else str(root),
-                preset=preset,
-                device=device,  # type: ignore[arg-type]
-                seed=seed,
-                out=out,
-                resume=resume,
-                overrides=overrides,
-                progress=progress,
-                dataset_options=options or None,
-                n_bootstrap=bootstrap,
-            )
+            if folds is None:
+                record = run(model, dataset, out=out, progress=progress, **common)
+            else:
+                from cmbbench.engine.cv import run_cv
+                from cmbbench.engine.run import default_run_dir
+
+                base = default_run_dir(model, dataset, preset or "auto", seed or 0)
+                out = out or Path(f"{base}-cv{folds}")
+                shown = out if fold is None else out / f"fold-{fold}"
+                record = run_cv(
+                    model, dataset, folds=folds, fold=fold, out=out, split_file=split_file,
+                    progress=progress, **common,
+                )  # fmt: skip
     except CmbbenchError as err:
         raise fail(str(err)) from None
     if main_rank:
-        _print_record(record, out)
+        _print_record(record, shown)
 
 
 def _print_record(record, out: Path | None) -> None:

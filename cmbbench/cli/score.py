@@ -144,16 +144,11 @@ def score(
             )
         if dataset is not None:
             report.info["dataset"] = dataset
-        for cid in report.info.get("unmatched_predictions", []):
-            err_console.print(
-                f"[yellow]warning:[/] prediction {cid!r} has no ground truth; not scored",
-                highlight=False,
-            )
-        for cid in report.info.get("missing_predictions_scored_empty", []):
-            err_console.print(
-                f"[yellow]warning:[/] case {cid!r} has no prediction; scored as empty",
-                highlight=False,
-            )
+        warn_pairing(
+            report.info.get("unmatched_predictions", []),
+            report.info.get("missing_predictions_scored_empty", []),
+            "has no ground truth",
+        )
         print_report(report)
         if out is not None:
             save_results(report, out)
@@ -163,6 +158,20 @@ def score(
             console.print(f"per-case table written to {csv_path}")
     except CmbbenchError as err:
         raise fail(str(err)) from None
+
+
+def warn_pairing(unmatched: list[str], scored_empty: list[str], why: str) -> None:
+    """Warnings on stderr: predictions that were not scored (``why``), cases without a
+    prediction that were scored as empty."""
+    for cid in unmatched:
+        err_console.print(
+            f"[yellow]warning:[/] prediction {cid!r} {why}; not scored", highlight=False
+        )
+    for cid in scored_empty:
+        err_console.print(
+            f"[yellow]warning:[/] case {cid!r} has no prediction; scored as empty",
+            highlight=False,
+        )
 
 
 def print_report(report: Any, title: str | None = None) -> None:

@@ -44,7 +44,7 @@ def submit_command(
     ] = False,
 ) -> None:
     """Score a folder of predictions with the dataset's evaluator and write a submission record."""
-    from cmbbench.cli.score import print_report
+    from cmbbench.cli.score import print_report, warn_pairing
     from cmbbench.scoring.records import ScoreReport
     from cmbbench.submission import submit_folder
 
@@ -67,16 +67,11 @@ def submit_command(
                 n_bootstrap=bootstrap,
                 progress=progress,
             )
-        for cid in record.artifacts.get("unmatched_predictions", []):
-            err_console.print(
-                f"[yellow]warning:[/] prediction {cid!r} is not a {split} case; not scored",
-                highlight=False,
-            )
-        for cid in record.artifacts.get("missing_predictions_scored_empty", []):
-            err_console.print(
-                f"[yellow]warning:[/] case {cid!r} has no prediction; scored as empty",
-                highlight=False,
-            )
+        warn_pairing(
+            record.artifacts.get("unmatched_predictions", []),
+            record.artifacts.get("missing_predictions_scored_empty", []),
+            f"is not a {split} case",
+        )
         record.save(out)
     except CmbbenchError as err:
         raise fail(str(err)) from None

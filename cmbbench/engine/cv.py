@@ -77,14 +77,14 @@ def run_cv(
     from cmbbench.datasets.registry import load_dataset, options_for_recipe, prepare_dataset
     from cmbbench.engine.distributed import shutdown
     from cmbbench.engine.environment import configure_openmp
-    from cmbbench.engine.run import _build, _check_writable, _fit_and_score, _setup
+    from cmbbench.engine.run import build_for_run, check_writable, fit_and_score, setup_run
 
     configure_openmp()
     t_start = time.perf_counter()
     out_dir = Path(out)
-    setup = _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap)
+    setup = setup_run(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap)
     if setup.ctx.is_main:
-        _check_writable(out_dir)
+        check_writable(out_dir)
     root_s = None if root is None else str(root)
     options = options_for_recipe(dataset, setup.preset, dataset_options)
     options.pop("split_file", None)
@@ -111,10 +111,10 @@ def run_cv(
             records[i] = done
             continue
         data = _fold_data(everything, splits, options, root_s, i, k, load_s)
-        built, recipe, sources = _build(setup)
+        built, recipe, sources = build_for_run(setup)
         t_fold = time.perf_counter()
         resume_fold = resume or (fold_dir / "checkpoints" / "last.pt").exists()
-        rec = _fit_and_score(
+        rec = fit_and_score(
             setup, built, recipe, sources, data, fold_dir, resume_fold, progress, t_fold
         )
         if rec is not None:

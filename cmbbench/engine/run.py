@@ -48,7 +48,7 @@ def default_run_dir(model: str, dataset: str, preset: str, seed: int) -> Path:
     return Path("runs") / f"{model}-{dataset}-{preset}-s{seed}"
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """Create ``out`` and prove a file can be written there (clear error otherwise)."""
     probe = out / ".write-test"
     try:
@@ -110,16 +110,16 @@ def run(
     from cmbbench.engine.stages import load_run_data
 
     t_start = time.perf_counter()
-    setup = _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap)
+    setup = setup_run(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap)
     run_dir = (
         Path(out) if out is not None else default_run_dir(model, dataset, setup.preset, setup.seed)
     )
-    _claim_run_dir(run_dir, resume, setup.ctx)
-    built, recipe, sources = _build(setup)
+    claim_run_dir(run_dir, resume, setup.ctx)
+    built, recipe, sources = build_for_run(setup)
     root_s = None if root is None else str(root)
     options = options_for_recipe(dataset, setup.preset, dataset_options)
     data = load_run_data(dataset, root=root_s, options=options, ctx=setup.ctx, progress=progress)
-    _fit_and_score(setup, built, recipe, sources, data, run_dir, resume, progress, t_start)
+    fit_and_score(setup, built, recipe, sources, data, run_dir, resume, progress, t_start)
     shutdown(setup.ctx)
     from cmbbench.engine.record import load_run_record
 
@@ -142,7 +142,7 @@ class RunSetup:
     n_bootstrap: int
 
 
-def _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap) -> RunSetup:
+def setup_run(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap) -> RunSetup:
     from cmbbench.datasets.registry import dataset_info
     from cmbbench.engine.distributed import init_distributed
 
@@ -159,17 +159,17 @@ def _setup(model, dataset, preset, device, seed, overrides, model_kwargs, n_boot
     )
 
 
-def _claim_run_dir(run_dir: Path, resume: bool, ctx: Any) -> None:
+def claim_run_dir(run_dir: Path, resume: bool, ctx: Any) -> None:
     if not resume and (run_dir / "checkpoints" / "last.pt").exists():
         raise RunDirError(
             f"run directory {run_dir} already holds a run; pass --resume to continue it "
             "or choose another --out"
         )
     if ctx.is_main:
-        _check_writable(run_dir)
+        check_writable(run_dir)
 
 
-def _build(setup: RunSetup) -> tuple[Any, Any, dict[str, str]]:
+def build_for_run(setup: RunSetup) -> tuple[Any, Any, dict[str, str]]:
     """Seed torch and numpy, build the model, resolve its recipe: ``(built, recipe, sources)``."""
     import torch
 
@@ -187,7 +187,7 @@ def _build(setup: RunSetup) -> tuple[Any, Any, dict[str, str]]:
     return built, recipe, sources
 
 
-def _fit_and_score(
+def fit_and_score(
     setup: RunSetup,
     built: Any,
     recipe: Any,

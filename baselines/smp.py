@@ -79,6 +79,8 @@ def _import_smp() -> Any:
 
 
 def _options(encoder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """smp keyword arguments: one input channel and two classes unless ``kwargs`` (e.g.
+    ``in_channels=3`` for three sequences) say otherwise; encoders from scratch."""
     options = {"encoder_name": encoder, "in_channels": 1, "classes": 2, **kwargs}
     if options.get("encoder_weights") is not None:
         raise ValueError("smp baselines are trained from scratch: encoder_weights must be None")
@@ -116,26 +118,26 @@ def _zup(arch: str, encoder: str, **kwargs: Any) -> Any:
 
 
 @register_model("smp_unet_r18", description="smp-3d U-Net, ResNet-18 encoder (scratch)", **_UNET_KW)
-def smp_unet_r18(**kwargs: Any) -> Any:
-    return _unet("resnet18", **kwargs)
+def smp_unet_r18(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _unet("resnet18", in_channels=in_channels, **kwargs)
 
 
 @register_model("smp_unet_r34", description="smp-3d U-Net, ResNet-34 encoder (scratch)", **_UNET_KW)
-def smp_unet_r34(**kwargs: Any) -> Any:
-    return _unet("resnet34", **kwargs)
+def smp_unet_r34(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _unet("resnet34", in_channels=in_channels, **kwargs)
 
 
 @register_model(
     "smp_linknet_r18", description="smp-3d LinkNet, ResNet-18 encoder (scratch)", **_ZUP_KW
 )
-def smp_linknet_r18(**kwargs: Any) -> Any:
-    return _zup("Linknet", "resnet18", **kwargs)
+def smp_linknet_r18(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _zup("Linknet", "resnet18", in_channels=in_channels, **kwargs)
 
 
 @register_model("smp_fpn_r18", description="smp-3d FPN, ResNet-18 encoder (scratch)", **_ISO_KW)
-def smp_fpn_r18(**kwargs: Any) -> Any:
+def smp_fpn_r18(in_channels: int = 1, **kwargs: Any) -> Any:
     smp = _import_smp()
     prior = kwargs.pop("prior", PRIOR)
-    model = smp.FPN(**_options("resnet18", kwargs))
+    model = smp.FPN(**_options("resnet18", {"in_channels": in_channels, **kwargs}))
     _init_prior(model, prior)
     return model

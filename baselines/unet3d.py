@@ -48,6 +48,8 @@ PRIOR = 0.01
 
 
 def _build(**kwargs: Any) -> Any:
+    """A :class:`UNet3D` with the seed's output prior; ``in_channels`` (input sequences, e.g.
+    3 for T2*, T1, T2) and the rest of ``kwargs`` go to the network."""
     from cmbbench_baselines.unet3d_net import UNet3D
 
     return UNet3D(**{"prior": PRIOR, **kwargs})
@@ -57,18 +59,18 @@ _KW = {"kind": "network", "divisor": 8, "recipe": SEED_RECIPE}
 
 
 @register_model("unet3d", description="seed 3D U-Net (32/64/128/256, BN, ELU), seed recipe", **_KW)
-def unet3d(**kwargs: Any) -> Any:
-    return _build(**kwargs)
+def unet3d(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _build(in_channels=in_channels, **kwargs)
 
 
 @register_model("unet3d_small", description="unet3d with half the filters (16/32/64/128)", **_KW)
-def unet3d_small(**kwargs: Any) -> Any:
-    return _build(**{"filters": (16, 32, 64, 128), **kwargs})
+def unet3d_small(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _build(in_channels=in_channels, **{"filters": (16, 32, 64, 128), **kwargs})
 
 
 @register_model("unet3d_res", description="unet3d with residual conv blocks", **_KW)
-def unet3d_res(**kwargs: Any) -> Any:
-    return _build(**{"block": "residual", **kwargs})
+def unet3d_res(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _build(in_channels=in_channels, **{"block": "residual", **kwargs})
 
 
 @register_model(
@@ -78,5 +80,5 @@ def unet3d_res(**kwargs: Any) -> Any:
     divisor=8,
     recipe={**SEED_RECIPE, "deep_supervision_weights": (0.25, 0.5)},
 )
-def unet3d_ds(**kwargs: Any) -> Any:
-    return _build(**{"deep_supervision": True, **kwargs})
+def unet3d_ds(in_channels: int = 1, **kwargs: Any) -> Any:
+    return _build(in_channels=in_channels, **{"deep_supervision": True, **kwargs})

@@ -31,12 +31,16 @@ class CaseData:
     ``ignore``: optional bool mask (X, Y, Z) of regions whose predictions are not scored
     (e.g. synthetic CMBs that vanish at the target resolution).
     ``extra``: optional further channels by name (e.g. ``{"T1": array}``), float32.
+    ``missing``: optional bool (X, Y, Z) mask per extra channel of the voxels that held no
+    value in the file (NaN/inf, stored as 0 in ``extra``), e.g. outside VALDO's brain mask;
+    normalisation leaves them out of its statistics and sets them to 0.
     """
 
     image: np.ndarray
     label: np.ndarray | None = None
     ignore: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    missing: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

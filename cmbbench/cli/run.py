@@ -239,6 +239,15 @@ def predict_command(
             help="Zero voxels outside the components kept by the run's tuned post-processing.",
         ),
     ] = False,
+    channel_suffix: Annotated[
+        str,
+        typer.Option(
+            "--channel-suffix",
+            help="Multi-channel runs: file-name suffix of channel {index} (0 = main) named "
+            "{name}, in the run's recorded channel order; default nnU-Net's <case>_0000.nii.gz, "
+            "<case>_0001.nii.gz, ... ('_{name}' reads <case>_T2S.nii.gz, <case>_T1.nii.gz).",
+        ),
+    ] = "_{index:04d}",
     plugin: PluginOpt = None,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -256,6 +265,7 @@ def predict_command(
                 device=device,
                 output="postprocessed" if postprocessed else "prob",
                 progress=progress,
+                channel_suffix=channel_suffix,
             )
     except CmbbenchError as err:
         raise fail(str(err)) from None

@@ -257,11 +257,14 @@ def nifti_case(
 
     def load() -> CaseData:
         image = as_image(load_nifti(image_path, case=case_id)[0], case=case_id, path=image_path)
-        extra = {
-            name: as_extra(load_nifti(p, case=case_id)[0], case=case_id, path=p, name=name)
-            for name, p in extra_paths.items()
-        }
-        return CaseData(image=image, label=read_label(), extra=extra)
+        extra, missing = {}, {}
+        for name, p in extra_paths.items():
+            raw = np.asarray(load_nifti(p, case=case_id)[0])
+            extra[name] = as_extra(raw, case=case_id, path=p, name=name)
+            bad = ~np.isfinite(raw)
+            if bad.any():
+                missing[name] = bad
+        return CaseData(image=image, label=read_label(), extra=extra, missing=missing)
 
     m = dict(meta or {})
     m.setdefault("image_path", str(image_path))

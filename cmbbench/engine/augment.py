@@ -13,10 +13,11 @@ from scipy import ndimage
 def random_flip(
     arrays: list[np.ndarray], rng: np.random.Generator, axes: tuple[int, ...] = (0, 1, 2)
 ) -> list[np.ndarray]:
-    """Flip all ``arrays`` (same shape, (X, Y, Z)) together along each axis with probability 0.5."""
+    """Flip all ``arrays`` together along each spatial axis with probability 0.5; each is
+    (X, Y, Z) or (C, X, Y, Z) (every channel flipped alike), ``axes`` count spatial axes."""
     for ax in axes:
         if rng.random() < 0.5:
-            arrays = [np.flip(a, axis=ax) for a in arrays]
+            arrays = [np.flip(a, axis=ax + a.ndim - 3) for a in arrays]
     return [np.ascontiguousarray(a) for a in arrays]
 
 
@@ -28,18 +29,27 @@ def random_rotate(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Rotate in-plane (about the third array axis) by a uniform angle in ±``max_deg`` degrees.
 
-    ``image`` is interpolated linearly (edges replicated); ``others`` (label / valid masks)
+    ``image`` (X, Y, Z), or (C, X, Y, Z) with every channel rotated by the same angle, is
+    interpolated linearly (edges replicated); ``others`` (label / valid masks, (X, Y, Z))
     with nearest neighbour, so instance values survive.
     """
     angle = float(rng.uniform(-max_deg, max_deg))
     if max_deg <= 0 or abs(angle) < 1e-3:
         return image, others
-    img = ndimage.rotate(image, angle, axes=(0, 1), reshape=False, order=1, mode="nearest")
+    if image.ndim == 4:
+        img = np.stack([_rotate_linear(c, angle) for c in image])
+    else:
+        img = _rotate_linear(image, angle)
     rot = [
         ndimage.rotate(o, angle, axes=(0, 1), reshape=False, order=0, mode="constant", cval=0)
         for o in others
     ]
     return img.astype(np.float32, copy=False), rot
+
+
+def _rotate_linear(image: np.ndarray, angle: float) -> np.ndarray:
+    """One (X, Y, Z) image rotated in-plane by ``angle`` degrees, linear, edges replicated."""
+    return ndimage.rotate(image, angle, axes=(0, 1), reshape=False, order=1, mode="nearest")
 
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -64,11 +74,16 @@ def augment_patch(
     rotate_deg: float = 0.0,
     intensity: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply the configured augmentations to one (X, Y, Z) patch and its label/valid masks."""
+    """Apply the configured augmentations to one patch, (X, Y, Z) or (C, X, Y, Z), and its
+    (X, Y, Z) label/valid masks: flips and rotation are the same for every channel, the
+    intensity change is drawn for each channel on its own (channel order)."""
     if flip:
         image, label, valid = random_flip([image, label, valid], rng)
     if rotate_deg > 0:
         image, (label, valid) = random_rotate(image, [label, valid], rng, rotate_deg)
     if intensity:
-        image = random_intensity(image, rng)
+        if image.ndim == 4:
+            image = np.stack([random_intensity(c, rng) for c in image])
+        else:
+            image = random_intensity(image, rng)
     return image, label, valid

@@ -75,6 +75,7 @@ def run_cv(
     written by a later call without ``fold`` once every fold is done). Other arguments as
     :func:`cmbbench.engine.run.run`. Returns the pooled record (``OUT/record.json``)."""
     from cmbbench.datasets.registry import load_dataset, options_for_recipe, prepare_dataset
+    from cmbbench.engine.channels import channel_names
     from cmbbench.engine.distributed import shutdown
     from cmbbench.engine.environment import configure_openmp
     from cmbbench.engine.run import build_for_run, check_writable, fit_and_score, setup_run
@@ -88,6 +89,11 @@ def run_cv(
     root_s = None if root is None else str(root)
     options = options_for_recipe(dataset, setup.preset, dataset_options)
     options.pop("split_file", None)
+    channels = channel_names(options)
+    if channels is not None:  # a model that cannot take them fails before any fold starts
+        from cmbbench.models.registry import check_in_channels
+
+        check_in_channels(model, len(channels), channels)
     t0 = time.perf_counter()
     if setup.ctx.is_main:
         prepare_dataset(dataset, root=root_s, progress=progress, **options)
@@ -111,7 +117,7 @@ def run_cv(
             records[i] = done
             continue
         data = _fold_data(everything, splits, options, root_s, i, k, load_s)
-        built, recipe, sources = build_for_run(setup)
+        built, recipe, sources = build_for_run(setup, channels)
         t_fold = time.perf_counter()
         resume_fold = resume or (fold_dir / "checkpoints" / "last.pt").exists()
         rec = fit_and_score(

@@ -89,7 +89,8 @@ def sliding_window_predict(
     progress: ProgressFn | None = None,
     name: str | None = None,
 ) -> np.ndarray:
-    """CMB probability map float32 (X, Y, Z) in [0, 1] for a normalised image (X, Y, Z).
+    """CMB probability map float32 (X, Y, Z) in [0, 1] for a normalised image (X, Y, Z), or
+    (C, X, Y, Z) for a network with C input channels (windows go in as (B, C, *window)).
 
     ``patch_size``: window (voxels, each a multiple of ``divisor``, one int or one per axis);
     ``None`` runs the whole volume at once, zero-padded up to multiples of ``divisor``. The image is zero-padded
@@ -106,15 +107,17 @@ def sliding_window_predict(
 
     label = name or type(model).__name__
     image = np.asarray(image)
-    if image.ndim != 3:
+    if image.ndim not in (3, 4):
         raise CmbbenchError(
-            f"sliding_window_predict: image must be 3-D (X, Y, Z), got {image.shape}"
+            "sliding_window_predict: image must be 3-D (X, Y, Z) or 4-D (C, X, Y, Z), got "
+            f"{image.shape}"
         )
+    multi = image.ndim == 4
     if not 0.0 <= overlap < 1.0:
         raise CmbbenchError(f"sliding_window_predict: overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise CmbbenchError(f"sliding_window_predict: batch_size must be >= 1, got {batch_size}")
-    shape = tuple(int(s) for s in image.shape)
+    shape = tuple(int(s) for s in image.shape[-3:])
     div = divisor_triple(divisor, name=f"model {label!r}")
     if patch_size is None:
         patch = round_up_to_divisor(shape, div)
@@ -129,8 +132,8 @@ def sliding_window_predict(
     padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
     dev = torch.device(device)
 
-    vol = torch.zeros(padded_shape, dtype=torch.float32)
-    vol[: shape[0], : shape[1], : shape[2]] = torch.from_numpy(
+    vol = torch.zeros(image.shape[:-3] + padded_shape, dtype=torch.float32)
+    vol[..., : shape[0], : shape[1], : shape[2]] = torch.from_numpy(
         np.ascontiguousarray(image, dtype=np.float32)
     )
     vol = vol.to(dev)
@@ -160,8 +163,13 @@ def sliding_window_predict(
             for i in range(0, len(corners), batch_size):
                 chunk = corners[i : i + batch_size]
                 x = torch.stack(
-                    [vol[a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in chunk]
-                )[:, None]
+                    [
+                        vol[..., a : a + patch[0], b : b + patch[1], c : c + patch[2]]
+                        for a, b, c in chunk
+                    ]
+                )
+                if not multi:  # (B, *window) -> (B, 1, *window)
+                    x = x[:, None]
                 out = model(channels_last_input(x, dev))
                 if not isinstance(out, torch.Tensor):
                     raise ModelShapeError(
@@ -207,7 +215,8 @@ def predict_probability(
     divisor: Divisor = 1,
     name: str | None = None,
 ) -> np.ndarray:
-    """CMB probability float32 (X, Y, Z) of a *normalised* image (X, Y, Z), by sliding-window
+    """CMB probability float32 (X, Y, Z) of a *normalised* image (X, Y, Z) or (C, X, Y, Z)
+    (multi-sequence input), by sliding-window
     inference with the recipe's window, overlap and batch; mixed precision as in training
     (:func:`cmbbench.engine.trainer.autocast_dtype`)."""
     from cmbbench.engine.trainer import autocast_dtype
@@ -215,7 +224,7 @@ def predict_probability(
     return sliding_window_predict(
         model,
         image,
-        patch_size=inference_window(recipe, image.shape, divisor),
+        patch_size=inference_window(recipe, image.shape[-3:], divisor),
         overlap=recipe.infer_overlap,
         batch_size=recipe.infer_batch_size,
         device=device,

@@ -61,6 +61,7 @@ def normalize_image(
     method: NormalizeMethod = "zscore_foreground",
     mask: np.ndarray | None = None,
     case_id: str | None = None,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Standardise one image (X, Y, Z) to float32.
 
@@ -68,12 +69,16 @@ def normalize_image(
     same shape) or, when ``mask`` is None, of :func:`foreground_mask`. ``"zscore"``: the
     statistics of all voxels. ``"none"``: a float32 copy. A constant region gives std 0,
     which is treated as 1 (the result is then centred only). Non-finite voxels raise
-    :class:`~cmbbench.errors.InputError` naming ``case_id``.
+    :class:`~cmbbench.errors.InputError` naming ``case_id``. ``exclude`` (bool, same shape,
+    optional): voxels without a value (e.g. the NaNs outside VALDO's T1/T2 brain mask), left
+    out of the statistics, allowed to be non-finite, and set to 0 in the result.
     """
     if method not in METHODS:
         raise InputError(
             f"unknown normalisation {method!r}; expected one of {METHODS}", case=case_id
         )
+    if exclude is not None:
+        return _normalize_excluding(image, np.asarray(exclude, bool), method, mask, case_id)
     image = np.asarray(image)
     if image.ndim != 3:
         raise InputError(f"image must be 3-D (X, Y, Z), got shape {image.shape}", case=case_id)
@@ -102,6 +107,33 @@ def normalize_image(
     data -= np.float32(mean)
     data /= np.float32(std)
     return data
+
+
+def _normalize_excluding(
+    image: np.ndarray,
+    exclude: np.ndarray,
+    method: NormalizeMethod,
+    mask: np.ndarray | None,
+    case_id: str | None,
+) -> np.ndarray:
+    """:func:`normalize_image` with the ``exclude`` voxels zeroed before, left out of the
+    statistics and zeroed again after."""
+    image = np.asarray(image)
+    if exclude.shape != image.shape:
+        raise InputError(
+            f"exclude mask shape {exclude.shape} differs from image shape {image.shape}",
+            case=case_id,
+        )
+    data = np.where(exclude, np.float32(0), np.asarray(image, np.float32))
+    keep = ~exclude
+    if method == "zscore_foreground":
+        fg = foreground_mask(data) if mask is None else np.asarray(mask, bool)
+        keep = keep & fg if (keep & fg).any() else keep
+    if method != "none":
+        method = "zscore_foreground"  # the statistics of ``keep`` (all valued voxels for zscore)
+    out = normalize_image(data, method=method, mask=keep, case_id=case_id)
+    out[exclude] = 0
+    return out
 
 
 def normalizer(method: str) -> Callable[[np.ndarray], np.ndarray]:

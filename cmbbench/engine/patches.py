@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmbbench.cases import Case
 from cmbbench.engine.augment import augment_patch
+from cmbbench.engine.channels import normalized_channels
 from cmbbench.errors import InputError
 from cmbbench.progress import PhaseTracker, ProgressFn
 
@@ -30,7 +31,8 @@ Normalizer = Callable[[np.ndarray], np.ndarray]
 class TrainVolume:
     """A normalised training image with its binary label, valid mask and CMB voxel lists.
 
-    ``image`` float32 (X, Y, Z), standardised; ``label`` uint8 (X, Y, Z) 0/1; ``valid`` bool
+    ``image`` float32 (X, Y, Z), standardised, or (C, X, Y, Z) for multi-sequence input
+    (every channel standardised on its own, :mod:`cmbbench.engine.channels`); ``label`` uint8 (X, Y, Z) 0/1; ``valid`` bool
     (X, Y, Z), False where the case's "ignore" mask is set; ``instances`` one int32 (N_k, 3)
     array of voxel indices per CMB; ``fg_box`` the (lo, hi) voxel bounds of the head region
     from which background patch centres are drawn; ``fg_mask`` the head voxels (signal voids
@@ -103,10 +105,18 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
 
 def prepare_volume(
-    case: Case, normalize: Normalizer, *, hard_negatives: bool = False
+    case: Case,
+    normalize: Normalizer,
+    *,
+    hard_negatives: bool = False,
+    extra_channels: Sequence[str] = (),
 ) -> TrainVolume:
     """Normalise one labelled case and index its CMB voxels (label values > 0; instance maps
-    ok); with ``hard_negatives``, also index dark-spot look-alikes (:func:`dark_spot_candidates`)."""
+    ok); with ``hard_negatives``, also index dark-spot look-alikes (:func:`dark_spot_candidates`).
+
+    ``extra_channels``: names of the case's extra channels stacked after the main image
+    (the volume's image is then (C, X, Y, Z)); the head region and the dark spots come from
+    the main channel."""
     image = np.asarray(case.image, dtype=np.float32)
     label = case.label
     if label is None or np.asarray(label).ndim != 3:
@@ -123,7 +133,10 @@ def prepare_volume(
         )
     ignore = case.ignore
     valid = np.ones(image.shape, bool) if ignore is None else ~np.asarray(ignore, bool)
-    norm = np.asarray(normalize(image), dtype=np.float32)
+    if extra_channels:
+        norm = normalized_channels(case, normalize, extra_channels)
+    else:
+        norm = np.asarray(normalize(image), dtype=np.float32)
     # head region: voxels above 10% of the robust maximum of the raw image
     hi = float(np.percentile(image, 99.5)) if image.size else 0.0
     fg = image > 0.1 * hi if hi > 0 else np.ones(image.shape, bool)
@@ -155,7 +168,8 @@ def prepare_volume(
     binary = (label > 0).astype(np.uint8)
     dark = None
     if hard_negatives:
-        dark = dark_spot_candidates(norm, fg, binary, case.spacing, voids=fgmask & ~fg)
+        main = norm if norm.ndim == 3 else norm[0]
+        dark = dark_spot_candidates(main, fg, binary, case.spacing, voids=fgmask & ~fg)
     return TrainVolume(
         case_id=case.case_id,
         image=norm,
@@ -174,12 +188,17 @@ def prepare_volumes(
     progress: ProgressFn | None = None,
     *,
     hard_negatives: bool = False,
+    extra_channels: Sequence[str] = (),
 ) -> list[TrainVolume]:
     """:func:`prepare_volume` over ``cases``, reported as a ``"data"`` phase."""
     tracker = PhaseTracker(progress, "data", len(cases), "preparing training volumes")
     out = []
     for i, case in enumerate(cases):
-        out.append(prepare_volume(case, normalize, hard_negatives=hard_negatives))
+        out.append(
+            prepare_volume(
+                case, normalize, hard_negatives=hard_negatives, extra_channels=extra_channels
+            )
+        )
         case.release()
         tracker.emit(i + 1)
     return out
@@ -199,6 +218,11 @@ def _crop(arr: np.ndarray, lo: np.ndarray, size: tuple[int, int, int], fill) -> 
         src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
     ]
     return out
+
+
+def _fill(channel: np.ndarray) -> np.float32:
+    """The padding value of one channel's patches: its minimum (0 when empty)."""
+    return np.float32(float(channel.min()) if channel.size else 0.0)
 
 
 class PatchSampler:
@@ -279,7 +303,8 @@ class PatchSampler:
         return int(perm[i % n])
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample ``i``: image float32 (X, Y, Z), label uint8 (X, Y, Z), valid bool (X, Y, Z)."""
+        """Sample ``i``: image float32 (X, Y, Z) (or (C, X, Y, Z) for multi-sequence
+        volumes), label uint8 (X, Y, Z), valid bool (X, Y, Z)."""
         vol = self.volumes[self._volume_index(i)]
         rng = np.random.default_rng([self.seed, 11, i])
         size = np.asarray(self.patch_size)
@@ -301,8 +326,11 @@ class PatchSampler:
                     break
                 centre = rng.integers(lo, hi)
         lo = centre - size // 2
-        fill = float(vol.image.min()) if vol.image.size else 0.0
-        image = _crop(vol.image, lo, self.patch_size, np.float32(fill))
+        if vol.image.ndim == 4:  # multi-sequence: each channel padded with its own minimum
+            image = np.stack([_crop(c, lo, self.patch_size, _fill(c)) for c in vol.image])
+        else:
+            fill = float(vol.image.min()) if vol.image.size else 0.0
+            image = _crop(vol.image, lo, self.patch_size, np.float32(fill))
         label = _crop(vol.label, lo, self.patch_size, np.uint8(0))
         valid = _crop(vol.valid, lo, self.patch_size, False)
         return augment_patch(
@@ -316,11 +344,13 @@ class PatchSampler:
         )
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """The batch of this rank at ``step``: image (B, 1, *P) float32, label (B, *P) int64,
-        valid (B, *P) bool."""
+        """The batch of this rank at ``step``: image (B, C, *P) float32 (C = 1 for
+        single-channel volumes), label (B, *P) int64, valid (B, *P) bool."""
         first = (step * self.world_size + self.rank) * self.batch_size
         samples = [self.sample(first + b) for b in range(self.batch_size)]
-        image = np.stack([s[0] for s in samples])[:, None]
+        image = np.stack([s[0] for s in samples])
+        if image.ndim == 4:  # single-channel (X, Y, Z) patches
+            image = image[:, None]
         label = np.stack([s[1] for s in samples]).astype(np.int64)
         valid = np.stack([s[2] for s in samples])
         return {

@@ -55,13 +55,17 @@ def network_predictor(
     divisor: Divisor,
     name: str,
     postprocess: Any = None,
+    extra_channels: Sequence[str] = (),
 ) -> Predictor:
-    """A trained network as a predictor: per-image normalisation (``recipe.normalize``),
+    """A trained network as a predictor: per-image normalisation (``recipe.normalize``; with
+    ``extra_channels``, each of the case's channels on its own, stacked (C, X, Y, Z) after
+    the main image in that order, :func:`cmbbench.engine.channels.normalized_channels`),
     sliding-window inference, then, when ``postprocess`` (a
     :class:`~cmbbench.engine.postprocess.PostprocessParams`) is given, the tuned threshold and
     minimum size (the map keeps only the kept components); without it the raw map at 0.5."""
     import torch
 
+    from cmbbench.engine.channels import normalized_channels
     from cmbbench.engine.inference import predict_probability
     from cmbbench.engine.normalize import normalizer
     from cmbbench.engine.postprocess import clean_probability
@@ -69,7 +73,10 @@ def network_predictor(
     normalize = normalizer(recipe.normalize)
 
     def predict_one(case: Case) -> CasePrediction:
-        image = np.asarray(normalize(np.asarray(case.image, np.float32)), np.float32)
+        if extra_channels:
+            image = normalized_channels(case, normalize, extra_channels)
+        else:
+            image = np.asarray(normalize(np.asarray(case.image, np.float32)), np.float32)
         with torch.no_grad():
             prob = predict_probability(
                 net, image, recipe, device=device, divisor=divisor, name=name
@@ -195,12 +202,25 @@ def run_predictor(
     raise CmbbenchError(f"run {run_dir}: unknown model kind {kind!r} in its record")
 
 
+def record_channels(record: RunRecord) -> list[str] | None:
+    """The input channels of a finished run, in order (``dataset.channels``, else the
+    dataset option ``channels``); ``None`` for a single-channel run that named none."""
+    names = record.dataset.get("channels")
+    if names is None:
+        names = (record.dataset.get("options") or {}).get("channels")
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else [str(n) for n in names]
+
+
 def _build(record: RunRecord, run_dir: Path) -> Any:
     from cmbbench.models.registry import build_model
 
     name = str(record.model["name"])
+    stored = record.model.get("in_channels")
+    in_channels = None if stored is None else int(stored)
     try:
-        return build_model(name, **dict(record.model.get("kwargs") or {}))
+        return build_model(name, in_channels=in_channels, **dict(record.model.get("kwargs") or {}))
     except UnknownNameError as err:
         raise CmbbenchError(
             f"{err}. The run in {run_dir} used model {name!r}; load the plug-in that registers "
@@ -245,7 +265,16 @@ def _network_from_record(
             ) from None
     stored = record.model.get("divisor")
     divisor = divisor_triple(stored if stored else built.info.divisor, name=f"model {name!r}")
-    return network_predictor(net, recipe, device=dev, divisor=divisor, name=name, postprocess=pp)
+    channels = record_channels(record)
+    return network_predictor(
+        net,
+        recipe,
+        device=dev,
+        divisor=divisor,
+        name=name,
+        postprocess=pp,
+        extra_channels=tuple(channels[1:]) if channels else (),
+    )
 
 
 def _detector_from_record(run_dir: Path, record: RunRecord, postprocessed: bool) -> Predictor:

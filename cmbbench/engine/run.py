@@ -106,6 +106,7 @@ def run(
     configure_openmp()
 
     from cmbbench.datasets.registry import options_for_recipe
+    from cmbbench.engine.channels import channel_names
     from cmbbench.engine.distributed import shutdown
     from cmbbench.engine.stages import load_run_data
 
@@ -115,9 +116,9 @@ def run(
         Path(out) if out is not None else default_run_dir(model, dataset, setup.preset, setup.seed)
     )
     claim_run_dir(run_dir, resume, setup.ctx)
-    built, recipe, sources = build_for_run(setup)
-    root_s = None if root is None else str(root)
     options = options_for_recipe(dataset, setup.preset, dataset_options)
+    built, recipe, sources = build_for_run(setup, channel_names(options))
+    root_s = None if root is None else str(root)
     data = load_run_data(dataset, root=root_s, options=options, ctx=setup.ctx, progress=progress)
     fit_and_score(setup, built, recipe, sources, data, run_dir, resume, progress, t_start)
     shutdown(setup.ctx)
@@ -142,7 +143,9 @@ class RunSetup:
     n_bootstrap: int
 
 
-def setup_run(model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap) -> RunSetup:
+def setup_run(
+    model, dataset, preset, device, seed, overrides, model_kwargs, n_bootstrap
+) -> RunSetup:
     from cmbbench.datasets.registry import dataset_info
     from cmbbench.engine.distributed import init_distributed
 
@@ -169,16 +172,32 @@ def claim_run_dir(run_dir: Path, resume: bool, ctx: Any) -> None:
         check_writable(run_dir)
 
 
-def build_for_run(setup: RunSetup) -> tuple[Any, Any, dict[str, str]]:
-    """Seed torch and numpy, build the model, resolve its recipe: ``(built, recipe, sources)``."""
+def build_for_run(
+    setup: RunSetup, channels: list[str] | None = None
+) -> tuple[Any, Any, dict[str, str]]:
+    """Seed torch and numpy, build the model, resolve its recipe: ``(built, recipe, sources)``.
+
+    ``channels``: the run's input channels (the dataset's ``channels`` option; ``None``: one
+    main channel); the model is built for that many, and one that cannot take them fails
+    here, before any data is prepared or trained on."""
     import torch
 
     from cmbbench.engine.recipe import resolve_recipe
-    from cmbbench.models.registry import build_model
+    from cmbbench.models.registry import build_model, check_in_channels
 
+    kwargs = dict(setup.model_kwargs)
+    in_channels = kwargs.pop("in_channels", None)
+    if channels is not None:
+        if in_channels is not None and int(in_channels) != len(channels):
+            raise CmbbenchError(
+                f"model argument in_channels={in_channels} does not match the "
+                f"{len(channels)} dataset channels ({', '.join(channels)})"
+            )
+        in_channels = len(channels)
+        check_in_channels(setup.model, len(channels), channels)
     torch.manual_seed(setup.seed)
     np.random.seed(setup.seed % 2**32)
-    built = build_model(setup.model, **setup.model_kwargs)
+    built = build_model(setup.model, in_channels=in_channels, **kwargs)
     resolved = resolve_recipe(setup.preset, built.recipe_overrides, setup.overrides)
     recipe = dataclasses.replace(resolved.recipe, seed=setup.seed)
     sources = dict(resolved.sources)
@@ -282,6 +301,7 @@ def _model_block(built: Any) -> dict[str, Any]:
         "kwargs": dict(built.kwargs),
         "recipe_overrides": dict(built.recipe_overrides),
         "divisor": built.info.divisor,
+        "in_channels": built.in_channels,
     }
 
 
@@ -303,6 +323,7 @@ def _network_stages(
     """fit -> tune on val -> predict + score the test split, for a network."""
     import torch
 
+    from cmbbench.engine.channels import extra_channels
     from cmbbench.engine.predictor import network_predictor, predict_and_score
     from cmbbench.engine.stages import fit_network, tune_postprocessing
 
@@ -317,7 +338,13 @@ def _network_stages(
     )  # fmt: skip
     timings["tune_seconds"] = tuned.seconds
     predictor = network_predictor(
-        fit.net, recipe, device=dev, divisor=fit.divisor, name=built.name, postprocess=tuned.params
+        fit.net,
+        recipe,
+        device=dev,
+        divisor=fit.divisor,
+        name=built.name,
+        postprocess=tuned.params,
+        extra_channels=extra_channels(data.options),
     )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cmbbench.cases import Case
 from cmbbench.datasets.registry import Dataset, DatasetInfo
+from cmbbench.engine.channels import channel_names
 from cmbbench.errors import CmbbenchError
 from cmbbench.progress import PhaseTracker, ProgressFn
 from cmbbench.scoring.evaluator import Evaluator
@@ -42,14 +43,16 @@ class RunData:
     split: str = "test"
 
     def record_dataset(self) -> dict[str, Any]:
-        """The run record's ``dataset`` block (a cross-validation fold's also names the cases
-        it trained and validated on, so that anyone can check it never saw its test cases)."""
+        """The run record's ``dataset`` block, with ``channels``: the input channels in order
+        (``None``: the dataset's one main channel). A cross-validation fold's also names the cases
+            it trained and validated on, so that anyone can check it never saw its test cases)."""
         block = {
             "name": self.info.name,
             "version": self.test.version,
             "split": self.split,
             "options": self.options,
             "root": self.root,
+            "channels": channel_names(self.options),
             "n_train": len(self.train),
             "n_val": len(self.val),
             "n_test": len(self.test),
@@ -153,7 +156,9 @@ def fit_network(
     progress: ProgressFn | None = None,
 ) -> NetworkFit:
     """Train ``built.model`` with the shared engine (patch sampler, loss, trainer, validation
-    F1 on the val split, best checkpoint) and load its best weights."""
+    F1 on the val split, best checkpoint) and load its best weights. The input channels are
+    the dataset's ``channels`` option (``data.options``): the main image, then its extras."""
+    from cmbbench.engine.channels import extra_channels
     from cmbbench.engine.normalize import normalizer
     from cmbbench.engine.patches import PatchSampler, prepare_volumes
     from cmbbench.engine.trainer import load_best_weights, train
@@ -162,7 +167,10 @@ def fit_network(
 
     net, name, divisor = built.model, built.name, built.info.divisor
     check_input_size(built.info, recipe.patch_size)
-    output_kind = check_output_shape(net, recipe.patch_size, name=name, divisor=divisor)
+    extras = extra_channels(data.options)
+    output_kind = check_output_shape(
+        net, recipe.patch_size, name=name, divisor=divisor, in_channels=1 + len(extras)
+    )
     n_params = int(sum(p.numel() for p in net.parameters()))
     normalize = normalizer(recipe.normalize)
 
@@ -172,8 +180,9 @@ def fit_network(
         normalize,
         progress,
         hard_negatives=recipe.hard_negative_fraction > 0,
+        extra_channels=extras,
     )
-    val_set = ValidationSet.build(list(data.val), normalize, ctx)
+    val_set = ValidationSet.build(list(data.val), normalize, ctx, extras)
     prepare_seconds = time.perf_counter() - t0
 
     sampler = PatchSampler.from_recipe(

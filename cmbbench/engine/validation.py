@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from cmbbench.cases import Case
+from cmbbench.engine.channels import normalized_channels
 from cmbbench.engine.distributed import DistContext, all_reduce_sum, shard
 from cmbbench.engine.inference import predict_probability
 from cmbbench.engine.recipe import Recipe
@@ -31,17 +32,29 @@ Normalizer = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class ValidationSet:
-    """Normalised validation images kept in memory (this rank's shard) for repeated validation."""
+    """Normalised validation images kept in memory (this rank's shard) for repeated
+    validation: (X, Y, Z) each, or (C, X, Y, Z) with extra channels."""
 
     cases: list[Case]
     images: list[np.ndarray]
 
     @classmethod
-    def build(cls, cases: Sequence[Case], normalize: Normalizer, ctx: DistContext) -> ValidationSet:
+    def build(
+        cls,
+        cases: Sequence[Case],
+        normalize: Normalizer,
+        ctx: DistContext,
+        extra_channels: Sequence[str] = (),
+    ) -> ValidationSet:
+        """This rank's shard of ``cases``, normalised (with ``extra_channels`` stacked after
+        the main image, :func:`cmbbench.engine.channels.normalized_channels`)."""
         mine = shard(cases, ctx)
         images = []
         for c in mine:
-            images.append(np.asarray(normalize(np.asarray(c.image, np.float32)), np.float32))
+            if extra_channels:
+                images.append(normalized_channels(c, normalize, extra_channels))
+            else:
+                images.append(np.asarray(normalize(np.asarray(c.image, np.float32)), np.float32))
         return cls(mine, images)
 
 

@@ -170,8 +170,9 @@ def check_output_shape(
     name: str | None = None,
     divisor: Divisor = 1,
     device: str | None = None,
+    in_channels: int = 1,
 ) -> OutputKind:
-    """Run one forward pass on zeros of spatial shape ``in_shape`` (voxels) and check it.
+    """Run one forward pass on zeros (1, ``in_channels``, *``in_shape``) (voxels) and check it.
 
     Returns ``"softmax2"`` (2 output channels) or ``"logit1"`` (1 channel). Raises
     :class:`ModelShapeError` naming the model when the input size is not a multiple of
@@ -197,12 +198,14 @@ def check_output_shape(
     model.eval()
     try:
         with torch.inference_mode():
-            x = torch.zeros((1, 1, *spatial), dtype=torch.float32, device=device)
+            x = torch.zeros((1, int(in_channels), *spatial), dtype=torch.float32, device=device)
             try:
                 out = model(x)
             except RuntimeError as err:
                 raise ModelShapeError(
-                    f"model {label!r} failed on an input of spatial shape {spatial}: {err}"
+                    f"model {label!r} failed on an input of spatial shape {spatial}"
+                    + (f" with {in_channels} channels" if in_channels != 1 else "")
+                    + f": {err}"
                 ) from err
     finally:
         model.train(was_training)

@@ -3,9 +3,10 @@
 timm-style: a *factory* is registered under a name with the :func:`register_model`
 decorator and called by :func:`create_model` / :func:`build_model`. A factory returns
 
-* a ``torch.nn.Module`` (a *network*): input ``(B, 1, X, Y, Z)`` float32, output logits
-  ``(B, 2, X, Y, Z)`` (two classes, softmax over the channel axis) or ``(B, 1, X, Y, Z)``
-  (one logit, sigmoid); the shared engine trains and runs it;
+* a ``torch.nn.Module`` (a *network*): input ``(B, C, X, Y, Z)`` float32 (C = 1, or the
+  run's number of sequences, passed to a factory that has an ``in_channels`` parameter),
+  output logits ``(B, 2, X, Y, Z)`` (two classes, softmax over the channel axis) or
+  ``(B, 1, X, Y, Z)`` (one logit, sigmoid); the shared engine trains and runs it;
 * ``(module, recipe_overrides)``: a network plus a dict of recipe entries it overrides
   (patch size, learning rate, ...), recorded in every result of the model;
 * any other object with ``fit(train, val, config)`` and ``predict(case) -> Prediction``
@@ -89,7 +90,8 @@ class BuiltModel:
 
     ``model``: the ``nn.Module`` (kind ``"network"``) or the detector object.
     ``recipe_overrides``: registration-time recipe merged with what the factory returned.
-    ``kwargs``: the keyword arguments the factory was called with.
+    ``kwargs``: the keyword arguments the factory was called with (``in_channels`` apart).
+    ``in_channels``: the number of input channels the model was built for.
     """
 
     name: str
@@ -98,6 +100,7 @@ class BuiltModel:
     recipe_overrides: dict[str, Any]
     info: ModelInfo
     kwargs: dict[str, Any] = field(default_factory=dict)
+    in_channels: int = 1
 
 
 @dataclass
@@ -364,16 +367,54 @@ def _is_detector(obj: Any) -> bool:
     return callable(getattr(obj, "fit", None)) and callable(getattr(obj, "predict", None))
 
 
-def build_model(name: str, **kwargs: Any) -> BuiltModel:
+def accepts_in_channels(factory: Factory) -> bool:
+    """Whether a factory's signature names an ``in_channels`` parameter (``**kwargs`` alone
+    does not count: it may not forward it to anything that takes it)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("in_channels")
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def check_in_channels(name: str, in_channels: int, channels: Any = None) -> None:
+    """Raise :class:`CmbbenchError` up front when model ``name`` cannot take ``in_channels``
+    input channels (more than one and a factory without an ``in_channels`` parameter);
+    ``channels`` (the names, optional) go into the message."""
+    if in_channels <= 1:
+        return
+    model_info(name)  # unknown names list the known ones
+    factory = _REGISTRY[name].factory
+    if not accepts_in_channels(factory):
+        names = f" ({', '.join(str(c) for c in channels)})" if channels else ""
+        raise CmbbenchError(
+            f"model {name!r} cannot take {in_channels} input channels{names}: it takes one "
+            f"(its factory {_qualname(factory)} has no in_channels parameter). Run it with "
+            "one channel (e.g. --dataset-option channels=T2S) or add in_channels to the factory"
+        )
+
+
+def build_model(name: str, *, in_channels: int | None = None, **kwargs: Any) -> BuiltModel:
     """Call the factory of ``name`` with ``kwargs``; returns a :class:`BuiltModel`.
 
+    ``in_channels``: input channels (sequences) the model must take; passed to the factory
+    when its signature names ``in_channels`` (the model's default is kept for ``None``);
+    more than one for a factory without it is an error (:func:`check_in_channels`).
     Checks that the result matches the declared kind: networks must be ``nn.Module``,
     detectors must have callable ``fit`` and ``predict``.
     """
     info = model_info(name)
     factory = _REGISTRY[name].factory
+    n_in = 1 if in_channels is None else int(in_channels)
+    if n_in < 1:
+        raise CmbbenchError(f"model {name!r}: in_channels must be >= 1, got {in_channels}")
+    check_in_channels(name, n_in)
+    call = dict(kwargs)
+    if in_channels is not None and accepts_in_channels(factory):
+        call["in_channels"] = n_in
     try:
-        result = factory(**kwargs)
+        result = factory(**call)
     except TypeError as err:
         sig = ""
         with contextlib.suppress(TypeError, ValueError):
@@ -416,6 +457,7 @@ def build_model(name: str, **kwargs: Any) -> BuiltModel:
         recipe_overrides=overrides,
         info=info,
         kwargs=dict(kwargs),
+        in_channels=n_in,
     )
 
 

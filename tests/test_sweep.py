@@ -3,6 +3,7 @@ bad input, and the Slurm path (submitit's local executor: no Slurm cluster is av
 
 from __future__ import annotations
 
+import csv
 import os
 import shlex
 import shutil
@@ -59,7 +60,7 @@ def swept(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_local_sweep_writes_every_record_and_a_rerun_keeps_them(swept):
+def test_local_sweep_writes_every_record_and_a_rerun_keeps_them(swept, tmp_path):
     out, result, _ = swept
     assert result.exit_code == 0, result.output
     for model in ("engine_tiny", "engine_dark"):
@@ -90,6 +91,16 @@ def test_local_sweep_writes_every_record_and_a_rerun_keeps_them(swept):
     assert again.text.count("is a finished run") == 4
     assert "ran engine_" not in again.text and again.text.count("kept") >= 8
     assert snapshot(out) == before  # nothing rerun, not even a log line
+
+    # the printed leaderboard command builds one row per model, its two seeds joined
+    board = CliRunner().invoke(
+        app, ["leaderboard", str(out), "--out", str(tmp_path / "board"), "--n-bootstrap", "10"]
+    )
+    assert board.exit_code == 0, board.output
+    with open(tmp_path / "board" / "leaderboard.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"engine_tiny", "engine_dark"}
+    assert all(r["n_seeds"] == "2" for r in rows.values())
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def _meta_from_sidecar(side: dict) -> dict[str, Any]:
     return meta
 
 
-def _case(folder: Path, sid: str) -> Case:
+def _case(folder: Path, sid: str, extras: tuple[str, ...] = ()) -> Case:
     side = read_sidecar(folder, sid)
     if side is None:
         raise InputError(
@@ -183,9 +184,31 @@ def _case(folder: Path, sid: str) -> Case:
         affine=np.asarray(side["affine"], dtype=np.float64),
         shape=tuple(int(s) for s in side["shape"]),  # type: ignore[arg-type]
         label_kind="instance",
-        loader=functools.partial(load_subject_arrays, folder, sid),
+        loader=functools.partial(load_subject_arrays, folder, sid, extras),
         meta=_meta_from_sidecar(side),
     )
+
+
+#: the channels a synthetic subject can have: its T2* image (main) and a T1-weighted image
+CHANNELS = ("T2S", "T1")
+
+
+def _extra_channels(channels: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The extra channels named by the ``channels`` option (``T2S`` first, then ``T1``)."""
+    if channels is None:
+        return ()
+    chans = [channels] if isinstance(channels, str) else [str(c) for c in channels]
+    if (
+        not chans
+        or chans[0] != "T2S"
+        or len(set(chans)) != len(chans)
+        or any(c not in CHANNELS for c in chans)
+    ):
+        raise InputError(
+            f"synthetic: channels must start with the main T2S and name distinct channels "
+            f"from {', '.join(CHANNELS)}, got {chans}"
+        )
+    return tuple(chans[1:])
 
 
 @register_dataset(INFO)
@@ -202,6 +225,7 @@ def synthetic(
     progress: bool | ProgressFn | None = True,
     split_file: str | os.PathLike[str] | None = None,
     lesion_model: LesionModel = "dipole",
+    channels: Sequence[str] | str | None = None,
 ) -> Dataset:
     """The semi-synthetic CMB dataset (see ``docs/datasets-synthetic.md``).
 
@@ -211,7 +235,11 @@ def synthetic(
     ``progress``: a :data:`~cmbbench.progress.ProgressFn`, ``True`` (log at INFO) or ``False``.
     ``protocol`` forces one protocol for every subject; ``n`` overrides the preset size
     (subject ids are the same, so the first ``n`` subjects are shared across sizes).
+    ``channels``: ``("T2S", "T1")`` adds each subject's T1-weighted image as the extra
+    channel ``T1`` (generated and cached on first request, beside the subject; the T2*
+    image and cached subjects are unchanged); ``None`` or ``("T2S",)``: the T2* image only.
     """
+    extras = _extra_channels(channels)
     if lesion_model not in ("dipole", "gaussian"):
         raise InputError(f"lesion_model must be 'dipole' or 'gaussian', got {lesion_model!r}")
     specs = _specs(preset, n, seed, protocol, lesion_model)
@@ -220,8 +248,8 @@ def synthetic(
         specs = select(specs, split_def, split)
     base = default_cache_dir(cache_dir if cache_dir is not None else root)
     folder = dataset_folder(base, preset, seed, protocol, lesion_model)
-    ensure_generated(folder, specs, workers=workers, progress=_progress_fn(progress))
-    cases = [_case(folder, s.subject_id) for s in specs]
+    ensure_generated(folder, specs, workers=workers, progress=_progress_fn(progress), extras=extras)
+    cases = [_case(folder, s.subject_id, extras) for s in specs]
     options = {
         "preset": preset,
         "n": len(specs) if split is None else n,
@@ -230,6 +258,8 @@ def synthetic(
         "lesion_model": lesion_model,
         "cache_folder": str(folder),
     }
+    if extras:
+        options["channels"] = ["T2S", *extras]
     return Dataset(INFO, cases, split=split, options=options)
 
 
@@ -244,12 +274,15 @@ def export_tree(
     progress: ProgressFn | None = None,
     lesion_model: LesionModel = "dipole",
     split: str | None = None,
+    channels: Sequence[str] | str | None = None,
 ) -> Path:
     """Write the dataset as a VALDO-style NIfTI tree under ``out_dir`` and return it.
 
     ``split`` (``"train"``, ``"val"``, ``"test"``): only that split's subjects, the ones
     ``load_dataset("synthetic", split=...)`` gives with the same options (e.g. the test
-    images a method outside cmbbench predicts for ``cmbbench submit``).
+    images a method outside cmbbench predicts for ``cmbbench submit``). ``channels``
+    (``("T2S", "T1")``) also writes each subject's T1-weighted image
+    (``sub-XXXX_space-T2S_desc-masked_T1.nii.gz``, VALDO's naming).
 
     Per subject: ``sub-XXXX/sub-XXXX_space-T2S_desc-masked_T2S.nii.gz`` (image),
     ``sub-XXXX_space-T2S_CMB.nii.gz`` (binary mask), ``..._desc-instance_CMB.nii.gz``,
@@ -261,7 +294,8 @@ def export_tree(
     all_specs = _specs(preset, n, seed, protocol, lesion_model)
     split_def = _split_def(preset, n, seed, protocol, None)
     specs = all_specs if split is None else select(all_specs, split_def, split)
-    ensure_generated(out, specs, workers=workers, progress=progress)
+    extras = _extra_channels(channels)
+    ensure_generated(out, specs, workers=workers, progress=progress, extras=extras)
     write_json_atomic(
         out / "dataset_description.json",
         {

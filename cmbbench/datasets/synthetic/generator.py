@@ -217,6 +217,16 @@ def _plan(rng: Any, preset: Any, protocol: Protocol, place_box: Any) -> _Plan:
     return _Plan(count, lobar_only, veins, calcs, foci, cmbs)
 
 
+def _subject_contrast(crng: np.random.Generator) -> tuple[dict, np.float32]:
+    """The subject's tissue-parameter multipliers (``jitter[tissue][pd|t1|t2s]``, U(0.9, 1.1))
+    and iron gain (U(0.8, 1.2)), from its ``"contrast"`` stream, in that order."""
+    jitter = {
+        t: {k: float(crng.uniform(0.9, 1.1)) for k in ("pd", "t1", "t2s")}
+        for t in ("gm", "wm", "csf")
+    }
+    return jitter, np.float32(crng.uniform(0.8, 1.2))
+
+
 def _simulate(
     rng: Any, anat: Any, grid: Any, pose: np.ndarray, protocol: Protocol, veins: list
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -224,12 +234,7 @@ def _simulate(
     target grid: ``(image, brain mask, mimic code map, white-matter signal)``."""
     b0, te = protocol.field_strength_t, protocol.te_ms
     sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
-    crng = rng("contrast")
-    jitter = {
-        t: {k: float(crng.uniform(0.9, 1.1)) for k in ("pd", "t1", "t2s")}
-        for t in ("gm", "wm", "csf")
-    }
-    iron_gain = np.float32(crng.uniform(0.8, 1.2))
+    jitter, iron_gain = _subject_contrast(rng("contrast"))
     iron = 1.0 + (anat.iron[sl] - 1.0) * iron_gain
     sim, s_wm = tissue_image(anat.gm[sl], anat.wm[sl], anat.csf[sl], iron, protocol, jitter)
     vein_att = render_veins(veins)[sl]
@@ -356,3 +361,73 @@ def _render_cmbs(
     for j, rec in enumerate(ignored):
         rec["id"] = len(kept) + 1 + j
     return label, ignore, kept, ignored
+
+
+# ------------------------------------------------------------------ the T1-weighted channel
+#: version of the T1-weighted extra channel (part of its cache fingerprint)
+T1_VERSION = "1"
+#: a 3D spoiled gradient echo with T1 weighting (short TR and TE): WM > GM > CSF, and at
+#: TE = 2.5 ms a CMB's dipole field costs little signal (CMBs are nearly invisible on T1)
+T1W_SEQUENCE = {"tr_ms": 20.0, "te_ms": 2.5, "flip_deg": 25.0}
+
+
+def t1_fingerprint(spec: SubjectSpec) -> dict:
+    """What a subject's T1-weighted image depends on: its spec and the T1 sequence."""
+    return {
+        "subject": spec.fingerprint(),
+        "channel": "T1",
+        "t1_version": T1_VERSION,
+        "sequence": dict(T1W_SEQUENCE),
+    }
+
+
+def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
+    """A T1-weighted image (float32, the subject's T2* grid ``grid.shape``) of the subject
+    of ``spec``, and that grid.
+
+    The same anatomy, pose, field of view, tissue jitter and CMB sites as
+    :func:`generate_subject` (their named streams are re-drawn, never advanced further), a
+    T1-weighted spoiled gradient echo (:data:`T1W_SEQUENCE`: no vein or air-bone drop-out,
+    CMB dipoles at TE = 2.5 ms), then its own bias field, scale and Rician noise inside the
+    brain from the stream ``"t1"`` only. The T2* image and every other stream are untouched,
+    so asking for this channel changes no existing byte.
+    """
+    import dataclasses
+
+    preset = get_preset(spec.preset)
+    protocol: Protocol = get_protocol(spec.protocol)
+    anat = load_anatomy()
+    rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
+
+    place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
+    pose = random_pose(rng("pose"))
+    fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
+    grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
+    to_world = np.linalg.inv(pose)
+    plan = _plan(rng, preset, protocol, place_box)
+
+    t1w = dataclasses.replace(protocol, name=f"{protocol.name}-T1w", **T1W_SEQUENCE)
+    sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
+    jitter, iron_gain = _subject_contrast(rng("contrast"))
+    iron = 1.0 + (anat.iron[sl] - 1.0) * iron_gain
+    sim, s_wm = tissue_image(anat.gm[sl], anat.wm[sl], anat.csf[sl], iron, t1w, jitter)
+    image = acquire(sim, sim_aff, pose, grid)
+    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid) >= 0.5
+    b0, te = t1w.field_strength_t, t1w.te_ms
+    for c in plan.cmbs:
+        c_world = to_world[:3, :3] @ np.asarray(c.centre_mni) + to_world[:3, 3]
+        out = render_dipole(
+            c_world, c.moment, c.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
+        )
+        if out is not None:
+            image[out[0]] *= out[1]
+
+    trng = rng("t1")
+    snr = float(trng.uniform(*protocol.snr))
+    rms = float(trng.uniform(0.10, 0.20))
+    scale = protocol.scale * float(trng.uniform(0.8, 1.25)) / s_wm
+    image *= bias_field(trng, grid.shape, rms)
+    image *= np.float32(scale)
+    image[brain] = rician_noise(trng, image[brain], protocol.scale / snr)
+    image[~brain] = 0.0
+    return image.astype(np.float32, copy=False), grid

@@ -346,3 +346,30 @@ def test_predict_bad_channel_files_name_the_case(three_channel_run, tmp_path):
     with pytest.raises(InputError, match=r"sub-302.*extra channel T2 affine differs"):
         predict_folder(out, folder, tmp_path / "p3", device="cpu")
     assert not (tmp_path / "p3").exists()  # nothing written before the inputs are checked
+
+
+def test_cli_three_channel_cross_validation_on_valdo(tmp_path):
+    # as a user types it: the option's value is split into the channel list, two folds run,
+    # and the pooled record and every fold record carry the channels in order
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+    from cmbbench.engine.record import load_run_record
+
+    write_valdo_tree(tmp_path / "valdo", SUBJECTS)
+    torch.set_num_threads(1)
+    out = tmp_path / "cv"
+    args = ["run", "--model", "unet3d_small", "--dataset", "valdo", "--root",
+            str(tmp_path / "valdo"), "--preset", "tiny", "--device", "cpu", "--out", str(out),
+            "--dataset-option", "channels=T2S,T1,T2", "--folds", "2", "--no-progress"]  # fmt: skip
+    for key, value in TINY_RUN.items():
+        text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+        args += ["--set", f"{key}={text}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    pooled = load_run_record(out)
+    assert pooled.dataset["channels"] == CHANNELS and pooled.model["in_channels"] == 3
+    assert sorted(c.case_id for c in pooled.cases) == sorted(SUBJECTS)
+    for i in range(2):
+        fold = load_run_record(out / f"fold-{i}")
+        assert fold.dataset["channels"] == CHANNELS and fold.model["in_channels"] == 3

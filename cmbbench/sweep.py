@@ -94,6 +94,7 @@ class SweepConfig:
     overrides: tuple[str, ...] = ()
     plugins: tuple[str, ...] = ()
     bootstrap: int | None = None
+    folds: int | None = None  # k-fold cross-validation runs (``run --folds K``)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,8 @@ def _existing(job: SweepJob, config: SweepConfig) -> tuple[RunRecord | None, str
         "dataset": record.dataset.get("name"),
     }
     wanted: dict[str, Any] = {"model": job.model, "seed": job.seed, "dataset": config.dataset}
+    found["split"] = record.dataset.get("split")
+    wanted["split"] = "test" if config.folds is None else f"cv{config.folds}"
     if config.preset is not None:
         found["preset"], wanted["preset"] = record.recipe_preset, config.preset
     differ = [f"{k} {found[k]!r} (not {wanted[k]!r})" for k in wanted if found[k] != wanted[k]]
@@ -287,6 +290,8 @@ def job_command(config: SweepConfig, job: SweepJob) -> list[str]:
         cmd += ["--set", item]
     if config.bootstrap is not None:
         cmd += ["--bootstrap", str(config.bootstrap)]
+    if config.folds is not None:
+        cmd += ["--folds", str(config.folds)]
     if job.resume:
         cmd.append("--resume")
     cmd.append("--no-progress")

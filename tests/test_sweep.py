@@ -337,3 +337,18 @@ def test_slurm_path_through_submitit_local_executor(tmp_path, monkeypatch):
     again = sweep(*args, *slurm)
     assert again.exit_code == 0 and "2 kept, 0 to run" in again.text
     assert len(calls) == 2  # nothing submitted the second time
+
+
+@pytest.mark.slow
+def test_a_cross_validation_sweep_pools_each_job_and_keeps_it_on_rerun(tmp_path):
+    out = tmp_path / "cv"
+    args = ["--models", "engine_tiny", "--seeds", "0", "--folds", "2", "--out", str(out)]
+    result = sweep(*args, *tiny_args())
+    assert result.exit_code == 0, result.output
+    record = load_run_record(out / "engine_tiny-s0")
+    assert record.dataset["split"] == "cv2" and (out / "engine_tiny-s0" / "fold-1").is_dir()
+    again = sweep(*args, *tiny_args())
+    assert again.exit_code == 0 and "kept" in again.text
+    # a plain sweep into the same folder finds a cross-validation there: refused, not mixed
+    plain = sweep("--models", "engine_tiny", "--seeds", "0", "--out", str(out), *tiny_args())
+    assert plain.exit_code != 0 and "split 'cv2' (not 'test')" in plain.text

@@ -116,6 +116,12 @@ def sweep_command(
     bootstrap: Annotated[
         int | None, typer.Option(help="Bootstrap resamples for the CIs (default: run's).")
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds", help="Every job a k-fold cross-validation (cmbbench run --folds K)."
+        ),
+    ] = None,
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", help="Runs at once on this machine (default 1)."),
@@ -181,6 +187,7 @@ def sweep_command(
         overrides=tuple(set_ or ()),
         plugins=tuple(plugin or ()),
         bootstrap=bootstrap,
+        folds=folds,
     )
     try:
         if slurm is not None:

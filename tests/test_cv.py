@@ -107,3 +107,17 @@ def test_a_fold_file_must_hold_every_case_once(tmp_path):
     bad.write_text(json.dumps({"fold-0": ids[:3], "fold-1": ids[2:]}))
     with pytest.raises(InputError, match="appears in both"):
         _cv(tmp_path / "out2", folds=2, split_file=bad)
+
+
+@pytest.mark.slow
+def test_cv_over_train_and_val_keeps_the_test_split_out(tmp_path):
+    import cmbbench
+
+    pooled = _cv(tmp_path / "tv", folds=2, pool=("train", "val"))
+    test_ids = {c.case_id for c in cmbbench.load_dataset("engine-cubes", split="test")}
+    pooled_ids = {c.case_id for c in pooled.cases}
+    tv = {
+        c.case_id for s in ("train", "val") for c in cmbbench.load_dataset("engine-cubes", split=s)
+    }
+    assert pooled_ids == tv and not pooled_ids & test_ids
+    assert pooled.dataset["cv_over"] == ["train", "val"]

@@ -108,6 +108,14 @@ def run_command(
         Path | None,
         typer.Option("--split-file", help="With --folds: a fold file (fold-0, fold-1, ...)."),
     ] = None,
+    cv_splits: Annotated[
+        str | None,
+        typer.Option(
+            "--cv-splits",
+            help="With --folds: cross-validate over these splits only, e.g. train,val "
+            "(default: every case).",
+        ),
+    ] = None,
 ) -> None:
     """Train MODEL on a dataset, tune post-processing on val, score the test split, write a run record."""
     configure_openmp()
@@ -125,8 +133,8 @@ def run_command(
         options = parse_key_values(dataset_option, what="--dataset-option")
         from cmbbench.engine.run import run
 
-        if folds is None and (fold is not None or split_file is not None):
-            raise fail("--fold and --split-file go with --folds K (k-fold cross-validation)")
+        if folds is None and (fold is not None or split_file is not None or cv_splits):
+            raise fail("--fold, --split-file and --cv-splits go with --folds K (cross-validation)")
         # under torchrun only rank 0 draws and prints
         main_rank = os.environ.get("RANK", "0") == "0"
         common: dict[str, Any] = {
@@ -152,6 +160,7 @@ def run_command(
                 shown = out if fold is None else out / f"fold-{fold}"
                 record = run_cv(
                     model, dataset, folds=folds, fold=fold, out=out, split_file=split_file,
+                    pool=[s.strip() for s in cv_splits.split(",")] if cv_splits else None,
                     progress=progress, **common,
                 )  # fmt: skip
     except CmbbenchError as err:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,15 @@ def run_cv(
     dataset_options: Mapping[str, Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     n_bootstrap: int = 1000,
+    pool: Sequence[str] | None = None,
 ) -> RunRecord:
     """Cross-validate ``model`` on every case of ``dataset`` with ``folds`` folds (see the
     module docstring). ``fold``: run only that fold (returns its record; the pooled record is
-    written by a later call without ``fold`` once every fold is done). Other arguments as
+    written by a later call without ``fold`` once every fold is done). ``pool``: cross-
+    validate over the cases of these splits only (e.g. ``("train", "val")``, keeping the
+    dataset's test split out of every fold); default every case. Other arguments as
     :func:`cmbbench.engine.run.run`. Returns the pooled record (``OUT/record.json``)."""
-    from cmbbench.datasets.registry import load_dataset, options_for_recipe, prepare_dataset
+    from cmbbench.datasets.registry import options_for_recipe, prepare_dataset
     from cmbbench.engine.channels import channel_names
     from cmbbench.engine.distributed import shutdown
     from cmbbench.engine.environment import configure_openmp
@@ -97,7 +100,7 @@ def run_cv(
     t0 = time.perf_counter()
     if setup.ctx.is_main:
         prepare_dataset(dataset, root=root_s, progress=progress, **options)
-    everything = load_dataset(dataset, root=root_s, split=None, progress=False, **options)
+    everything = _pooled_cases(dataset, root_s, options, pool)
     if len(everything) == 0:
         raise CmbbenchError(f"dataset {dataset!r} holds no case")
     load_s = time.perf_counter() - t0
@@ -132,10 +135,29 @@ def run_cv(
         [records[i] for i in range(k)],
         k=k,
         out_dir=out_dir,
+        pool=pool,
         n_bootstrap=setup.n_bootstrap,
         t_start=t_start,
     )
     return load_run_record(pooled)
+
+
+def _pooled_cases(
+    dataset: str, root: str | None, options: dict[str, Any], pool: Sequence[str] | None
+) -> Any:
+    """Every case of ``dataset``, or those of the ``pool`` splits (in split order)."""
+    from cmbbench.datasets.registry import Dataset, load_dataset
+
+    if not pool:
+        return load_dataset(dataset, root=root, split=None, progress=False, **options)
+    parts = [load_dataset(dataset, root=root, split=s, progress=False, **options) for s in pool]
+    cases, seen = [], set()
+    for part in parts:
+        for c in part:
+            if c.case_id not in seen:
+                seen.add(c.case_id)
+                cases.append(c)
+    return Dataset(parts[0].info, cases, split="+".join(pool), options=parts[0].options)
 
 
 def _strata(cases: Any) -> dict[str, str]:
@@ -256,6 +278,7 @@ def pool_folds(
     out_dir: Path,
     n_bootstrap: int = 1000,
     t_start: float | None = None,
+    pool: Sequence[str] | None = None,
 ) -> Path:
     """Score the folds' out-of-fold test cases as one result and write ``OUT/record.json``
     (split ``cv<k>``; the per-fold training, post-processing and timings kept per fold)."""
@@ -276,6 +299,7 @@ def pool_folds(
         n_cases=len(cases),
         folds=k,
         fold_sizes=[len(r.cases) for r in records],
+        cv_over=list(pool) if pool else "all cases",
     )
     for key in ("n_train", "n_val", "n_test"):
         dataset.pop(key, None)

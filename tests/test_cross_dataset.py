@@ -85,6 +85,16 @@ def test_runs_times_datasets_give_a_result_per_pair_and_the_matrix(tmp_path):
         rec = load_run_record(run)
         rep = load_results(tmp_path / "x" / f"{run.name}__engine-cubes-test.json")
         assert [(c.tp, c.fp, c.fn) for c in rep.cases] == [(c.tp, c.fp, c.fn) for c in rec.cases]
+    # the leaderboard renders the matrix from the result files: alone, or beside the tables
+    r = runner.invoke(app, ["leaderboard", str(tmp_path / "x"), "--out", str(tmp_path / "b1")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b1" / "cross-dataset.md").read_text() == md
+    assert not (tmp_path / "b1" / "leaderboard.md").exists()
+    board = [str(runs[0]), str(runs[1]), str(tmp_path / "x"), "--out", str(tmp_path / "b2")]
+    r = runner.invoke(app, ["leaderboard", *board])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b2" / "leaderboard.md").exists()
+    assert (tmp_path / "b2" / "cross-dataset.md").exists()
     # --root NAME=DIR is checked against the targets
     r = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "y"), "--root", "valdo=/nope"])
     assert r.exit_code == 1 and "NAME=DIR" in r.output

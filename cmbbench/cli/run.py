@@ -396,15 +396,6 @@ def _roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:
 
 
 def _write_matrix(done: list, out_dir: Path) -> list[Path]:
-    from cmbbench.io import write_atomic
-    from cmbbench.leaderboard.matrix import (
-        build_matrix,
-        render_matrix_csv,
-        render_matrix_markdown,
-    )
+    from cmbbench.leaderboard.build import write_cross_dataset
 
-    m = build_matrix([(report, str(path.name)) for report, path, _, _ in done])
-    return [
-        write_atomic(out_dir / "matrix.md", render_matrix_markdown(m)),
-        write_atomic(out_dir / "matrix.csv", render_matrix_csv(m)),
-    ]
+    return write_cross_dataset([path for _, path, _, _ in done], out_dir, name="matrix")

@@ -18,13 +18,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmbbench.errors import InputError
 from cmbbench.io import write_atomic
 from cmbbench.leaderboard.plots import plot_fp_distribution, plot_froc, plot_size_recall
 from cmbbench.leaderboard.render_csv import render_csv
 from cmbbench.leaderboard.render_html import render_html
 from cmbbench.leaderboard.render_md import render_markdown
 from cmbbench.leaderboard.significance import Ranking, add_significance, check_ranking
-from cmbbench.leaderboard.store import group_runs, load_records
+from cmbbench.leaderboard.store import find_cross_dataset_files, group_runs, load_records
 from cmbbench.leaderboard.table import Table, build_table
 
 N_BOOTSTRAP = 1000
@@ -56,6 +57,25 @@ def build_tables(
     return tables
 
 
+def write_cross_dataset(
+    files: Sequence[Path], out: Path, name: str = "cross-dataset"
+) -> list[Path]:
+    """``<name>.md`` / ``<name>.csv`` in ``out``: the matrix (runs × target datasets) of the
+    ``cmbbench evaluate`` result files ``files``."""
+    from cmbbench.leaderboard.matrix import (
+        build_matrix,
+        render_matrix_csv,
+        render_matrix_markdown,
+    )
+    from cmbbench.scoring.records import load_results
+
+    m = build_matrix([(load_results(f), f.name) for f in files])
+    return [
+        write_atomic(out / f"{name}.md", render_matrix_markdown(m)),
+        write_atomic(out / f"{name}.csv", render_matrix_csv(m)),
+    ]
+
+
 def build_leaderboard(
     record_paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -74,8 +94,18 @@ def build_leaderboard(
     rankings for an unknown one.
     """
     out = Path(out_dir)
-    tables = build_tables(record_paths, n_bootstrap=n_bootstrap, seed=seed, ranking=ranking)
+    cross = find_cross_dataset_files(record_paths)
+    try:
+        tables = build_tables(record_paths, n_bootstrap=n_bootstrap, seed=seed, ranking=ranking)
+    except InputError:
+        if not cross:  # neither run records nor cross-dataset results: say so
+            raise
+        tables = []
     written: list[Path] = []
+    if cross:
+        written += write_cross_dataset(cross, out)
+    if not tables:
+        return sorted(set(written), key=lambda p: p.as_posix())
     md_plots: dict[str, dict[str, str]] = {}
     html_images: dict[str, dict[str, Path]] = {}
     for t in tables:

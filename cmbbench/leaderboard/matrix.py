@@ -65,7 +65,7 @@ def column_label(info: dict[str, Any]) -> str:
 
 def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatrix:
     """The matrix of ``(report, file)`` pairs written by ``cmbbench evaluate``; rows and
-    columns in first-seen order."""
+    columns sorted by label (the same matrix whatever order the files come in)."""
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], MatrixCell] = {}
@@ -89,7 +89,7 @@ def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatr
             report.info.get("dataset") or {}
         ).get("name"):
             home[r] = c
-    return CrossDatasetMatrix(rows, columns, cells, home)
+    return CrossDatasetMatrix(sorted(rows), sorted(columns), cells, home)
 
 
 def _cell_text(cell: MatrixCell | None) -> str:

@@ -169,12 +169,41 @@ def find_records(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 if f.is_file() and _looks_like_record(f):
                     found.add(f)
         elif p.is_file():
-            found.add(p)
+            if not is_cross_dataset_file(p):  # those go to the cross-dataset matrix
+                found.add(p)
         else:
             raise InputError("no such file or folder", path=str(p))
     if not found:
         where = ", ".join(str(p) for p in given) or "(no paths given)"
         raise InputError(f"no run records found in {where}")
+    return sorted(found, key=lambda f: f.as_posix())
+
+
+def is_cross_dataset_file(path: Path) -> bool:
+    """A ``cmbbench evaluate`` result (a score report whose ``info`` names the run it came
+    from and what it was trained on), read by the cross-dataset matrix, not as a run record."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    info = data.get("info") if isinstance(data, dict) else None
+    return (
+        isinstance(info, dict)
+        and data.get("record_type") != RECORD_TYPE
+        and "cases" in data
+        and isinstance(info.get("trained_on"), dict)
+        and "run" in info
+    )
+
+
+def find_cross_dataset_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """``cmbbench evaluate`` results named by ``paths`` (files, or folders searched
+    recursively), sorted."""
+    found: set[Path] = set()
+    for p in (Path(x) for x in paths):
+        candidates = sorted(p.rglob("*.json")) if p.is_dir() else [p] if p.is_file() else []
+        found.update(f for f in candidates if f.is_file() and is_cross_dataset_file(f))
     return sorted(found, key=lambda f: f.as_posix())
 
 

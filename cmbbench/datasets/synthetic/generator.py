@@ -107,6 +107,33 @@ def _round(v, nd: int = 3) -> list[float]:
     return [round(float(x), nd) for x in v]
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """What every image of a subject shares: preset, protocol, anatomy, its named random
+    streams (``rng(name)``), the placement box, the head pose and the target grid."""
+
+    preset: Any
+    protocol: Protocol
+    anat: Any
+    rng: Any
+    place_box: Any
+    pose: np.ndarray
+    grid: Any
+    to_world: np.ndarray
+
+
+def _frame(spec: SubjectSpec) -> _Frame:
+    """The subject's frame (draws only the ``"pose"`` stream)."""
+    preset = get_preset(spec.preset)
+    protocol: Protocol = get_protocol(spec.protocol)
+    rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
+    place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
+    pose = random_pose(rng("pose"))
+    fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
+    grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
+    return _Frame(preset, protocol, load_anatomy(), rng, place_box, pose, grid, np.linalg.inv(pose))
+
+
 def generate_subject(spec: SubjectSpec) -> Subject:
     """Generate one subject (deterministic: same spec -> byte-identical arrays).
 
@@ -116,16 +143,9 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     Every random draw comes from a named per-subject stream (``component_rng``), so the
     stages can be read, and changed, one at a time.
     """
-    preset = get_preset(spec.preset)
-    protocol: Protocol = get_protocol(spec.protocol)
-    anat = load_anatomy()
-    rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
-
-    place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
-    pose = random_pose(rng("pose"))
-    fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
-    grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
-    to_world = np.linalg.inv(pose)
+    f = _frame(spec)
+    preset, protocol, anat, rng = f.preset, f.protocol, f.anat, f.rng
+    place_box, pose, grid, to_world = f.place_box, f.pose, f.grid, f.to_world
 
     plan = _plan(rng, preset, protocol, place_box)
     image, brain, mimic_map, s_wm = _simulate(rng, anat, grid, pose, protocol, plan.veins)
@@ -394,16 +414,9 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
     """
     import dataclasses
 
-    preset = get_preset(spec.preset)
-    protocol: Protocol = get_protocol(spec.protocol)
-    anat = load_anatomy()
-    rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
-
-    place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
-    pose = random_pose(rng("pose"))
-    fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
-    grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
-    to_world = np.linalg.inv(pose)
+    f = _frame(spec)
+    preset, protocol, anat, rng = f.preset, f.protocol, f.anat, f.rng
+    place_box, pose, grid, to_world = f.place_box, f.pose, f.grid, f.to_world
     plan = _plan(rng, preset, protocol, place_box)
 
     t1w = dataclasses.replace(protocol, name=f"{protocol.name}-T1w", **T1W_SEQUENCE)

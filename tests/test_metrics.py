@@ -434,6 +434,14 @@ def test_errors():
         aggregate([make_case("a", 1, 1, 1), make_case("b", 1, 1, 1, rule="distance")])
     with pytest.raises(InputError, match="different rule parameters"):
         aggregate([make_case("a", 1, 1, 1), make_case("b", 1, 1, 1, params={"connectivity": 6})])
+    # the threshold is each model's operating point, not the rule: cases scored at two
+    # thresholds (two cross-validation folds) aggregate, and the shared value is undefined
+    a = make_case("a", 1, 1, 1)
+    b = make_case("b", 1, 1, 1)
+    a.params = {**a.params, "threshold": 0.98}
+    b.params = {**b.params, "threshold": 0.5}
+    m = aggregate([a, b], n_bootstrap=0)
+    assert m["params"]["threshold"] is None and m["detection"]["totals"]["tp"] == 2
     bad = make_case("bad", 2, 1, 1)
     bad.fn = 0  # tp + fn != n_gt
     with pytest.raises(InputError, match="'bad'"):

@@ -313,7 +313,7 @@ def pool_folds(
         dataset=dataset,
         seed=first.seed,
         rule=first.rule,
-        params=dict(first.params),
+        params=dict(metrics["params"]),  # a threshold that differs between folds: None
         postprocess={
             "per_fold": [r.postprocess for r in records],
             "tuned_on": "each fold's val cut",

@@ -23,12 +23,10 @@ from cmbbench.engine.record import RECORD_TYPE, hardware_of, read_record_json, r
 from cmbbench.errors import InputError
 from cmbbench.io import dumps
 from cmbbench.scoring.records import CaseResult
+from cmbbench.scoring.rules import rule_key
 from cmbbench.submission import SUBMISSION_KIND
 
 log = logging.getLogger(__name__)
-
-# per-case "params" entries that belong to the model's operating point, not to the rule
-MODEL_PARAMS: tuple[str, ...] = ("threshold",)
 
 
 @dataclass(frozen=True)
@@ -141,8 +139,7 @@ def rule_params_key(params: Mapping[str, Any]) -> str:
     its validation split), not part of the rule, so models with different thresholds are still
     compared in one table.
     """
-    kept = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
-    return json.dumps(json.loads(dumps(kept)), sort_keys=True)
+    return json.dumps(json.loads(dumps(rule_key(dict(params)))), sort_keys=True)
 
 
 def _short(v: Any) -> str:

@@ -66,6 +66,7 @@ from cmbbench.errors import InputError
 from cmbbench.scoring import froc
 from cmbbench.scoring.bootstrap import entry, resample_counts, validate
 from cmbbench.scoring.records import CaseResult, ScoreReport
+from cmbbench.scoring.rules import OPERATING_PARAMS
 from cmbbench.scoring.sections import (
     detection_section,
     segmentation_section,
@@ -126,6 +127,17 @@ EDGE_CASE_POLICY = """\
 """
 
 
+def _shared_params(cases: Sequence[CaseResult]) -> dict[str, Any]:
+    """The cases' recorded parameters; an operating parameter (the threshold) that differs
+    between cases (several operating points, e.g. cross-validation folds) is ``None`` here
+    and stays on each case."""
+    params = dict(cases[0].params)
+    for k in OPERATING_PARAMS:
+        if k in params and any(c.params.get(k) != params[k] for c in cases):
+            params[k] = None
+    return params
+
+
 def aggregate(
     cases: Sequence[CaseResult] | ScoreReport,
     *,
@@ -181,7 +193,7 @@ def aggregate(
     return {
         "schema": SCHEMA,
         "rule": ordered[0].rule,
-        "params": dict(ordered[0].params),
+        "params": _shared_params(ordered),
         "n_cases": t.n,
         "n_cases_with_cmb": n_with,
         "n_cases_without_cmb": t.n - n_with,

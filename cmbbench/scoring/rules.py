@@ -30,7 +30,9 @@ __all__ = [
     "DEFAULT_MAX_DISTANCE_MM",
     "DEFAULT_MIN_OVERLAP_VOXELS",
     "DEFAULT_THRESHOLD",
+    "OPERATING_PARAMS",
     "RULES",
+    "rule_key",
     "rule_params",
 ]
 
@@ -38,6 +40,16 @@ DEFAULT_THRESHOLD = 0.5  # probability binarisation (>=)
 DEFAULT_CONNECTIVITY = 26  # 6 | 18 | 26
 DEFAULT_MIN_OVERLAP_VOXELS = 1  # overlap rule
 DEFAULT_MAX_DISTANCE_MM = 5.0  # the distance rule's default (recorded in every result)
+#: recorded parameters that are a model's operating point, not part of the rule: cases
+#: scored at different thresholds (e.g. the folds of a cross-validation, each tuned on its
+#: own validation cut) are still scored under one rule
+OPERATING_PARAMS: tuple[str, ...] = ("threshold",)
+
+
+def rule_key(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without :data:`OPERATING_PARAMS`: what must agree between cases to
+    aggregate them."""
+    return {k: v for k, v in params.items() if k not in OPERATING_PARAMS}
 
 
 def rule_params(

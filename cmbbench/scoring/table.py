@@ -20,6 +20,7 @@ from cmbbench.errors import InputError
 from cmbbench.io import dumps
 from cmbbench.scoring.rates import detection_rates, ratio
 from cmbbench.scoring.records import CaseResult, Lesion, ScoreReport
+from cmbbench.scoring.rules import rule_key
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -60,7 +61,7 @@ def prepare_cases(cases: Sequence[CaseResult] | ScoreReport) -> list[CaseResult]
         raise InputError("no cases to aggregate (the test set is empty)")
     seen: set[str] = set()
     first = cases[0]
-    first_params = dumps(first.params)
+    first_params = dumps(rule_key(first.params))
     for c in cases:
         if not isinstance(c, CaseResult):
             raise InputError(f"expected CaseResult records; received {type(c).__name__}")
@@ -73,7 +74,7 @@ def prepare_cases(cases: Sequence[CaseResult] | ScoreReport) -> list[CaseResult]
                 f"this case used {c.rule!r}",
                 case=c.case_id,
             )
-        if dumps(c.params) != first_params:
+        if dumps(rule_key(c.params)) != first_params:
             raise InputError(
                 f"cases scored with different rule parameters: {first.case_id!r} used "
                 f"{first.params!r}, this case used {c.params!r}",

@@ -329,7 +329,10 @@ def pool_folds(
             ),
             "seconds_per_step": _mean(r.timings.get("seconds_per_step") for r in records),
             "train_seconds": sum(float(r.timings.get("train_seconds") or 0.0) for r in records),
-            **({"total_seconds": time.perf_counter() - t_start} if t_start is not None else {}),
+            # every fold's whole run, plus this call's loading and pooling: the same total
+            # whether the folds ran in this call, as parallel jobs or in an earlier one
+            "total_seconds": total
+            + (time.perf_counter() - t_start if t_start is not None else 0.0),
         },
         artifacts={
             "folds": FOLDS_FILE,

@@ -121,3 +121,33 @@ def test_cv_over_train_and_val_keeps_the_test_split_out(tmp_path):
     }
     assert pooled_ids == tv and not pooled_ids & test_ids
     assert pooled.dataset["cv_over"] == ["train", "val"]
+
+
+def test_a_datasets_official_folds_win(tmp_path):
+    import dataclasses
+
+    import cmbbench
+    from cmbbench.datasets import registry
+    from cmbbench.models.registry import load_plugin
+
+    plugin = load_plugin(PLUGIN)
+    ids = sorted(c.case_id for c in cmbbench.load_dataset("engine-cubes"))
+    official = {"fold-0": ids[0::2], "fold-1": ids[1::2]}  # not what make_folds would give
+    info = dataclasses.replace(plugin.CUBES, name="engine-cubes-official")
+    info = dataclasses.replace(info, official_folds=lambda root, k: official if k == 2 else None)
+
+    @registry.register_dataset(info)
+    def cubes_official(root=None, split=None, **options):
+        base = plugin.engine_cubes(split=split)
+        return registry.Dataset(info, list(base), split=split, options=options)
+
+    from cmbbench.engine.cv import run_cv
+
+    torch.set_num_threads(1)
+    rec = run_cv(
+        "engine_tiny", "engine-cubes-official", folds=2, out=tmp_path / "cv",
+        preset="tiny", device="cpu", overrides=TINY, n_bootstrap=10,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    assert saved["fold-0"] == official["fold-0"] and saved["fold-1"] == official["fold-1"]
+    assert sorted(c.case_id for c in rec.cases) == ids

@@ -60,6 +60,12 @@ class DatasetInfo:
     #: the factory generates or caches cases when loaded and takes ``progress``: a
     #: :data:`~cmbbench.progress.ProgressFn`, ``True`` (log) or ``False`` (silent)
     generates: bool = False
+    #: the dataset's own cross-validation folds, when it publishes them: ``official_folds(
+    #: root, k)`` returns ``{"fold-0": [case ids], ...}`` (or ``None`` for a ``k`` it has
+    #: none for); ``cmbbench run --folds K`` uses them instead of making its own
+    official_folds: Callable[[str | None, int], dict[str, list[str]] | None] | None = field(
+        default=None, compare=False
+    )
 
     @property
     def evaluator(self) -> Evaluator:

@@ -105,6 +105,10 @@ def run_cv(
         raise CmbbenchError(f"dataset {dataset!r} holds no case")
     load_s = time.perf_counter() - t0
     strata = _strata(everything)
+    if split_file is None and everything.info.official_folds is not None:
+        official = everything.info.official_folds(root_s, folds)
+        if official is not None:  # the dataset's own folds win over made ones
+            split_file = _save_official(out_dir, official)
     fold_lists = _folds(out_dir, everything, strata, folds, split_file, setup.seed)
     k = len(fold_lists)
     wanted = range(k) if fold is None else [int(fold)]
@@ -214,6 +218,13 @@ def _folds(
     else:
         save_split_file(split_def, path, meta={"k": k, "seed": seed, "strata": "cohort|count bin"})
     return fold_lists
+
+
+def _save_official(out_dir: Path, split_def: dict[str, list[str]]) -> Path:
+    """The dataset's official folds as a fold file beside the run (checked like any)."""
+    from cmbbench.datasets.splits import save_split_file
+
+    return save_split_file(split_def, out_dir / "official-folds.json", meta={"source": "dataset"})
 
 
 def _finished_fold(fold_dir: Path, model: str, seed: int, test_ids: list[str]) -> RunRecord | None:

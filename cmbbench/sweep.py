@@ -350,6 +350,28 @@ def _job_env(jobs: int) -> dict[str, str]:
     return env
 
 
+def _start_jobs(
+    todo: list[SweepJob], progress: Any, on_result: Any
+) -> tuple[dict[str, JobResult], Any, list[SweepJob]]:
+    """``(results, report, pending)`` for a sweep's executor: ``report(result)`` records a
+    job's end (the caller's ``on_result``, a ``"sweep"`` progress event); the kept jobs are
+    reported at once; ``pending`` are the jobs to run."""
+    results: dict[str, JobResult] = {}
+    n_kept = sum(job.kept is not None for job in todo)  # kept jobs do not count in the ETA
+    tracker = PhaseTracker(progress, "sweep", len(todo), "sweep runs", offset=n_kept)
+
+    def report(result: JobResult) -> None:
+        results[result.job.name] = result
+        if on_result is not None:
+            on_result(result)
+        tracker.emit(len(results), last=f"{result.job.name} {result.status}")
+
+    for job in todo:
+        if job.kept is not None:
+            report(_kept_result(job))
+    return results, report, [job for job in todo if job.kept is None]
+
+
 def run_local(
     config: SweepConfig,
     jobs: int = 1,
@@ -370,20 +392,7 @@ def run_local(
     if jobs < 1:
         raise SweepError(f"--jobs must be at least 1, got {jobs}")
     todo = list(plan_sweep(config) if planned is None else planned)
-    results: dict[str, JobResult] = {}
-    n_kept = sum(job.kept is not None for job in todo)  # kept jobs do not count in the ETA
-    tracker = PhaseTracker(progress, "sweep", len(todo), "sweep runs", offset=n_kept)
-
-    def report(result: JobResult) -> None:
-        results[result.job.name] = result
-        if on_result is not None:
-            on_result(result)
-        tracker.emit(len(results), last=f"{result.job.name} {result.status}")
-
-    for job in todo:
-        if job.kept is not None:
-            report(_kept_result(job))
-    pending = [job for job in todo if job.kept is None]
+    results, report, pending = _start_jobs(todo, progress, on_result)
     env = _job_env(min(jobs, len(pending)))
     live: set[subprocess.Popen[bytes]] = set()
     lock = threading.Lock()
@@ -478,20 +487,7 @@ def run_slurm(
     """
     submitit = require_submitit()
     todo = list(plan_sweep(config) if planned is None else planned)
-    results: dict[str, JobResult] = {}
-    n_kept = sum(job.kept is not None for job in todo)  # kept jobs do not count in the ETA
-    tracker = PhaseTracker(progress, "sweep", len(todo), "sweep runs", offset=n_kept)
-
-    def report(result: JobResult) -> None:
-        results[result.job.name] = result
-        if on_result is not None:
-            on_result(result)
-        tracker.emit(len(results), last=f"{result.job.name} {result.status}")
-
-    for job in todo:
-        if job.kept is not None:
-            report(_kept_result(job))
-    pending = [job for job in todo if job.kept is None]
+    results, report, pending = _start_jobs(todo, progress, on_result)
     if pending:
         folder = Path(config.out) / SLURM_FOLDER
         executor = _executor(folder, cluster)

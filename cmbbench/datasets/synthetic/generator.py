@@ -155,15 +155,7 @@ def generate_subject(spec: SubjectSpec) -> Subject:
     )
 
     # ---- bias, scale, noise, mask -----------------------------------------------------------------
-    nrng = rng("noise")
-    snr = float(nrng.uniform(*protocol.snr))
-    rms = float(nrng.uniform(0.10, 0.20))
-    scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
-    image *= bias_field(nrng, grid.shape, rms)
-    image *= np.float32(scale)
-    # masked acquisition: noise only where the brain is (the rest is 0)
-    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
-    image[~brain] = 0.0
+    snr, rms = _bias_scale_noise(rng("noise"), image, brain, protocol, s_wm)
     label[~brain] = 0
 
     cmb_records = [{k: r[k] for k in _CMB_RECORD_KEYS} for r in kept + ignored]
@@ -193,6 +185,22 @@ def generate_subject(spec: SubjectSpec) -> Subject:
         "pose": [_round(row, 6) for row in pose],
     }
     return Subject(spec, grid, image.astype(np.float32, copy=False), label, ignore, mimic_map, meta)
+
+
+def _bias_scale_noise(
+    nrng: Any, image: np.ndarray, brain: np.ndarray, protocol: Protocol, s_wm: float
+) -> tuple[float, float]:
+    """In place: a bias field, the protocol's scale (white matter at ``protocol.scale``,
+    jittered) and Rician noise at the drawn SNR inside the brain, 0 outside (a masked
+    acquisition). Returns ``(snr, bias rms)``; every draw from ``nrng``."""
+    snr = float(nrng.uniform(*protocol.snr))
+    rms = float(nrng.uniform(0.10, 0.20))
+    scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
+    image *= bias_field(nrng, image.shape, rms)
+    image *= np.float32(scale)
+    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
+    image[~brain] = 0.0
+    return snr, rms
 
 
 # the keys of a CMB's sidecar record, in order
@@ -435,12 +443,5 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
         if out is not None:
             image[out[0]] *= out[1]
 
-    trng = rng("t1")
-    snr = float(trng.uniform(*protocol.snr))
-    rms = float(trng.uniform(0.10, 0.20))
-    scale = protocol.scale * float(trng.uniform(0.8, 1.25)) / s_wm
-    image *= bias_field(trng, grid.shape, rms)
-    image *= np.float32(scale)
-    image[brain] = rician_noise(trng, image[brain], protocol.scale / snr)
-    image[~brain] = 0.0
+    _bias_scale_noise(rng("t1"), image, brain, protocol, s_wm)
     return image.astype(np.float32, copy=False), grid

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from _bench_data import SHAPE, bench_volume, standardize
 
-from cmbbench.cases import Case, CaseData
 from cmbbench.engine.inference import predict_probability
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
@@ -35,26 +35,7 @@ from cmbbench.models.registry import create_model
 
 DEVICE = torch.device(os.environ.get("CMBBENCH_BENCH_DEVICE", "cpu"))
 STEPS = int(os.environ.get("CMBBENCH_BENCH_STEPS", "12"))
-SHAPE = (160, 200, 56)
 RESULTS: dict[str, float] = {}
-
-
-def _volume(seed: int) -> Case:
-    """A brain-sized noisy volume with 6 dark 3×3×1 'CMBs' (instance labels 1..6)."""
-    rng = np.random.default_rng(seed)
-    img = (1.0 + 0.1 * rng.standard_normal(SHAPE)).astype(np.float32)
-    lab = np.zeros(SHAPE, np.uint16)
-    for k in range(6):
-        c = rng.integers(10, np.asarray(SHAPE) - 10)
-        lab[c[0] - 1 : c[0] + 2, c[1] - 1 : c[1] + 2, c[2]] = k + 1
-    img[lab > 0] = 0.3
-    return Case(
-        f"v{seed}", np.diag([1.0, 1.0, 3.0, 1.0]), SHAPE, "instance", lambda: CaseData(img, lab)
-    )
-
-
-def _standardize(a: np.ndarray) -> np.ndarray:
-    return ((a - a.mean()) / a.std()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +43,7 @@ def setup():
     recipe = resolve_recipe(
         "quick", None, {"steps": STEPS, "val_every": 10**6, "checkpoint_every": 10**6}
     ).recipe
-    volumes = prepare_volumes([_volume(i) for i in range(4)], _standardize)
+    volumes = prepare_volumes([bench_volume(i) for i in range(4)], standardize)
     sampler = PatchSampler.from_recipe(volumes, recipe, seed=0)
     return recipe, sampler
 
@@ -140,7 +121,7 @@ def test_inference_voxels_per_second(benchmark, preset):
     if DEVICE.type == "cpu" and preset == "full":
         recipe = dataclasses.replace(recipe, amp_cpu="auto")
     model = _model().eval()
-    image = _standardize(_volume(9).image)
+    image = standardize(bench_volume(9).image)
     predict_probability(model, image[:64, :64, :32], recipe, device=DEVICE, divisor=8)  # warm-up
     t0 = time.perf_counter()
     prob = benchmark.pedantic(

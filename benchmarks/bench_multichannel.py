@@ -17,37 +17,19 @@ import dataclasses
 
 import numpy as np
 import pytest
+from _bench_data import bench_volume, standardize
 
-from cmbbench.cases import Case, CaseData
 from cmbbench.engine.patches import PatchSampler, prepare_volumes
 from cmbbench.engine.recipe import resolve_recipe
 
-SHAPE = (160, 200, 56)
 BATCHES = 20
 RESULTS: dict[str, float] = {}
-
-
-def _volume(seed: int) -> Case:
-    rng = np.random.default_rng(seed)
-    img = (1.0 + 0.1 * rng.standard_normal(SHAPE)).astype(np.float32)
-    lab = np.zeros(SHAPE, np.uint16)
-    for k in range(6):
-        c = rng.integers(10, np.asarray(SHAPE) - 10)
-        lab[c[0] - 1 : c[0] + 2, c[1] - 1 : c[1] + 2, c[2]] = k + 1
-    img[lab > 0] = 0.3
-    return Case(
-        f"v{seed}", np.diag([1.0, 1.0, 3.0, 1.0]), SHAPE, "instance", lambda: CaseData(img, lab)
-    )
-
-
-def _standardize(a: np.ndarray) -> np.ndarray:
-    return ((a - a.mean()) / a.std()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def samplers():
     recipe = resolve_recipe("full", None, {"aug_rotate_deg": 15.0}).recipe
-    one = prepare_volumes([_volume(s) for s in range(2)], _standardize)
+    one = prepare_volumes([bench_volume(s) for s in range(2)], standardize)
     three = [
         dataclasses.replace(v, image=np.stack([v.image, 0.5 * v.image + 1, 2 - v.image]))
         for v in one

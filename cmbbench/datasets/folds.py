@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cmbbench.datasets.splits import SplitDef, _rng, make_splits
+from cmbbench.datasets.splits import SplitDef, make_splits, shuffled_strata
 from cmbbench.errors import InputError
 
 FOLD_PREFIX = "fold-"
@@ -46,16 +46,10 @@ def make_folds(
     labels = ["all"] * len(ids) if strata is None else [str(s) for s in strata]
     if len(labels) != len(ids):
         raise ValueError(f"got {len(ids)} case ids but {len(labels)} strata labels")
-    groups: dict[str, list[str]] = {}
-    for cid, lab in zip(ids, labels, strict=True):
-        groups.setdefault(lab, []).append(cid)
-    order = sorted(groups)
-    order = [order[i] for i in _rng(seed, "folds-strata-order").permutation(len(order))]
     folds: list[list[str]] = [[] for _ in range(k)]
     deal = 0  # the next fold to deal to, carried across strata: sizes differ by <= 1
-    for lab in order:
-        members = sorted(groups[lab])
-        members = [members[i] for i in _rng(seed, f"folds|{lab}").permutation(len(members))]
+    strata_ = shuffled_strata(ids, labels, seed, order_key="folds-strata-order", key="folds")
+    for members in strata_:
         for cid in members:
             folds[deal % k].append(cid)
             deal += 1

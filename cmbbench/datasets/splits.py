@@ -49,6 +49,24 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
 
 
+def shuffled_strata(
+    ids: Sequence[str], labels: Sequence[str], seed: int, *, order_key: str, key: str
+) -> list[list[str]]:
+    """The case ids grouped by stratum label, the strata in a seeded order (stream
+    ``order_key``) and each stratum's ids shuffled (stream ``f"{key}|{label}"``); depends
+    only on the set of (id, label) pairs and ``seed``."""
+    groups: dict[str, list[str]] = {}
+    for cid, lab in zip(ids, labels, strict=True):
+        groups.setdefault(lab, []).append(cid)
+    order = sorted(groups)
+    order = [order[i] for i in _rng(seed, order_key).permutation(len(order))]
+    out = []
+    for lab in order:
+        members = sorted(groups[lab])
+        out.append([members[i] for i in _rng(seed, f"{key}|{lab}").permutation(len(members))])
+    return out
+
+
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     f = np.asarray(list(fractions), dtype=np.float64)
     if (
@@ -113,17 +131,9 @@ def make_splits(
     if dups:
         raise InputError(f"duplicate case ids: {', '.join(dups[:10])}")
 
-    groups: dict[str, list[str]] = {}
-    for cid, lab in zip(ids, labels, strict=True):
-        groups.setdefault(lab, []).append(cid)
-    order = sorted(groups)
-    order = [order[i] for i in _rng(seed, "strata-order").permutation(len(order))]
-
     out: SplitDef = {name: [] for name in SPLIT_NAMES}
     carry = np.zeros(len(SPLIT_NAMES))
-    for lab in order:
-        members = sorted(groups[lab])
-        members = [members[i] for i in _rng(seed, f"stratum|{lab}").permutation(len(members))]
+    for members in shuffled_strata(ids, labels, seed, order_key="strata-order", key="stratum"):
         counts = _apportion(len(members), f, carry)
         carry += len(members) * f - counts
         start = 0

@@ -296,12 +296,14 @@ def paint(c: Candidates, p: ClassicalParams, shape: tuple[int, int, int]) -> np.
 
 # ----------------------------------------------------------------------------- fitting
 def _gt_instances(case: Case) -> np.ndarray | None:
-    """Instance map (int) of the case's CMBs, or None for point/unlabelled cases."""
+    """Instance map (int) of the case's CMBs, or None for point/unlabelled cases. A binary
+    mask or a rater-agreement map (float weights in (0, 1] per CMB, which an integer cast
+    would turn to 0) gives its 26-connected components."""
     label = case.label
     if label is None or case.label_kind in ("points", "none"):
         return None
     label = np.asarray(label)
-    if case.label_kind == "mask":
+    if case.label_kind in ("mask", "agreement"):
         inst, _ = ndimage.label(label > 0, structure=_STRUCT26)
         return inst
     return label.astype(np.int64, copy=False)

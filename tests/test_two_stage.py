@@ -181,3 +181,22 @@ def test_steps_come_from_the_recipe_and_another_detector_can_be_stage1() -> None
         assert 4 <= fit["candidates_per_case_train"] <= 6
     finally:
         unregister_model("toy_dark")
+
+
+def test_agreement_labels_count_every_cmb() -> None:
+    # A rater-agreement label (float weights per CMB, here 0.5 and 1.0) marks CMBs as its
+    # components: a weight below 1 is not lost to an integer cast (classical_log's matching).
+    from cmbbench_baselines.classical import _gt_instances
+
+    case, cmbs, _ = _case(1)
+    weights = np.zeros(SHAPE, dtype=np.float32)
+    weights[cmbs[0]], weights[cmbs[1]] = 0.5, 1.0
+    image = np.asarray(case.image)
+    agreement = Case(
+        "agree", case.affine, SHAPE, "agreement", lambda: CaseData(image, weights.copy())
+    )
+    inst = _gt_instances(agreement)
+    assert inst is not None and set(np.unique(inst[inst > 0]).tolist()) == {1, 2}
+    det = build_model("two_stage", steps=2, batch_size=8).model
+    det.fit([agreement], [], _config())
+    assert det.fit_summary["n_gt_train"] == 2 and det.fit_summary["stage1_recall_train"] == 1.0

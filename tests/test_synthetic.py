@@ -21,7 +21,7 @@ from cmbbench.datasets.synthetic.dataset import (
     strata,
 )
 from cmbbench.datasets.synthetic.generator import MIMIC_CODES
-from cmbbench.datasets.synthetic.presets import PRESETS
+from cmbbench.datasets.synthetic.presets import PRESETS, get_preset
 from cmbbench.errors import InputError, UnknownNameError
 
 
@@ -170,26 +170,48 @@ def test_splits_are_frozen_stratified_and_stable():
 def test_quick_preset_v1_1_sizes_and_version():
     from cmbbench.datasets.synthetic import DATASET_VERSION, GENERATOR_VERSION
     from cmbbench.datasets.synthetic.dataset import INFO
+    from cmbbench.datasets.synthetic.presets import DATASET_VERSIONS
 
     # records and tables carry the dataset version; the volumes (and caches) keep the generator's
-    assert INFO.version == DATASET_VERSION == "1.1"
-    assert GENERATOR_VERSION == "1.0"
-    frozen = stored_splits("quick")
+    assert INFO.version == DATASET_VERSION == "2.0"
+    assert GENERATOR_VERSION == "2.0"
+    assert DATASET_VERSIONS == {"1.1": "1.0", "2.0": "2.0"}
+    frozen = stored_splits("quick", "1.1")
     # 96 subjects at 70/15/15 = 67.2 / 14.4 / 14.4; the per-stratum allocation gives 67 / 15 / 14
     assert {k: len(v) for k, v in frozen.items()} == {"train": 67, "val": 15, "test": 14}
+    assert frozen == compute_splits("quick", version="1.1")
     # n overrides the size but keeps the preset's fractions (the per-stratum allocation gives
     # 32 of 48 to train at 70/15/15, where v1.0's 60/20/20 gave 28)
-    assert {k: len(v) for k, v in compute_splits("quick", n=48).items()} == {
+    assert {k: len(v) for k, v in compute_splits("quick", n=48, version="1.1").items()} == {
         "train": 32,
         "val": 8,
         "test": 8,
     }
     # the default and tiny presets keep 60/20/20
-    assert {k: len(v) for k, v in stored_splits("default").items()} == {
+    assert {k: len(v) for k, v in stored_splits("default", "1.1").items()} == {
         "train": 72,
         "val": 24,
         "test": 24,
     }
+
+
+def test_v2_presets_are_sized_to_rank():
+    from cmbbench.datasets.synthetic.subjects import subject_count
+
+    # quick: >= 100 test scans with >= 200 planned CMBs, >= 30 validation scans
+    quick = stored_splits("quick")
+    assert quick == compute_splits("quick")
+    assert {k: len(v) for k, v in quick.items()} == {"train": 102, "val": 30, "test": 100}
+    assert sum(subject_count(0, i, "quick") for i in quick["test"]) >= 300
+    # the benchmark preset (all six protocols) has a test split of >= 300 scans
+    bench = stored_splits("benchmark")
+    assert len(bench["test"]) >= 300
+    assert {s.protocol for s in _specs("benchmark", None, 0, None, "dipole")} == set(
+        get_preset("benchmark").protocols
+    )
+    # an unknown dataset version lists the known ones
+    with pytest.raises(KeyError, match=r"known synthetic dataset versions: 1\.1, 2\.0"):
+        cmbbench.load_dataset("synthetic", version="3.0", progress=False)
 
 
 def test_split_selection_and_split_file(tiny, tmp_path):

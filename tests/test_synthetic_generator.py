@@ -189,3 +189,27 @@ def test_gaussian_ablation_mode_differs():
     b = generate_subject(SubjectSpec(sid, 0, PROTOCOL, "tiny", lesion_model="gaussian"))
     assert [c["centre_mm"] for c in a.meta["cmbs"]] == [c["centre_mm"] for c in b.meta["cmbs"]]
     assert not np.array_equal(a.image, b.image)
+
+
+# sha256 of image, label, ignore and mimic map (in that order) of the first tiny subjects as
+# generator 1.0 made them before generator 2.0 existed (commit 2dc41b4): v1.1 must stay
+# byte-identical so that its records keep their meaning
+V1_TINY_SHA256 = {
+    "sub-0001": "798a977549c2274cb778cdd07f48587e2b663cf9d1b12a08818d65bff9bca335",
+    "sub-0002": "4093d86ab60582707b1343d2cc5c52d835d8dbccb9efd899786728fce3933b0a",
+    "sub-0003": "e083e6b37f338aad5cdf7e6e2c66a4131bc805a1e9b9f1c29595392202d013ca",
+}
+
+
+@pytest.mark.parametrize("sid", sorted(V1_TINY_SHA256))
+def test_generator_1_0_is_byte_identical(sid):
+    from cmbbench.datasets.synthetic.generator import generate_subject
+    from cmbbench.datasets.synthetic.subjects import SubjectSpec, subject_protocol
+
+    spec = SubjectSpec(sid, 0, subject_protocol(0, sid, "tiny", "1.0"), "tiny", version="1.0")
+    s = generate_subject(spec)
+    h = hashlib.sha256()
+    for a in (s.image, s.label, s.ignore, s.mimics):
+        h.update(a.tobytes())
+    assert h.hexdigest() == V1_TINY_SHA256[sid]
+    assert "elements" not in s.meta and "age" not in s.meta

@@ -60,6 +60,10 @@ def evaluate_run(
     trained_on = record.dataset or {}
     if trained_on.get("name") == dataset:  # the run's own dataset: its options, then the user's
         options = {**dict(trained_on.get("options") or {}), **options}
+        # a run made on an older version of a versioned dataset (synthetic v1.1) is evaluated
+        # on that version unless the user asks for another one
+        if trained_on.get("version") not in (None, info.version) and "version" not in options:
+            options["version"] = trained_on["version"]
         if root_s is None and trained_on.get("root"):
             root_s = str(trained_on["root"])
     # cases not generated or cached yet are prepared on load: show it

@@ -78,11 +78,14 @@ def acquire(
     *,
     filter_profile: bool = True,
     order: int = 1,
+    coords: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a 1 mm template-space ``volume`` onto ``grid`` (float32, grid shape).
 
     With ``filter_profile`` each target voxel integrates the 1 mm image over its extent
-    (box along every axis where the voxel is larger than the simulation step).
+    (box along every axis where the voxel is larger than the simulation step). ``coords``
+    (3, *grid.shape) float32: where each target voxel samples ``volume`` (its voxel
+    indices, e.g. through a non-linear warp, :func:`warped_coords`) instead of the affine map.
     """
     vol = np.asarray(volume, dtype=np.float32)
     if filter_profile:
@@ -92,6 +95,16 @@ def acquire(
             width = tgt_vox[axis] / sim_vox[axis]
             if width > 1.0 + 1e-6:
                 vol = ndi.convolve1d(vol, box_kernel(width), axis=axis, mode="constant")
+    if coords is not None:
+        return ndi.map_coordinates(
+            vol,
+            coords,
+            order=order,
+            mode="constant",
+            cval=0.0,
+            prefilter=False,
+            output=np.float32,
+        )
     # target voxel index -> scanner world -> template mm -> simulation voxel index
     m = np.linalg.inv(sim_affine) @ pose @ grid.affine
     return ndi.affine_transform(
@@ -150,14 +163,35 @@ def acquire_region(
     pose: np.ndarray,
     grid: Grid,
     region: np.ndarray,
+    coords: np.ndarray | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Like :func:`acquire` but only over the target voxels covering the simulation voxels
     where ``region`` (bool, ``volume``'s shape) is set (+ 2 voxels). Returns ``(slices,
-    sub-array)`` of the target grid, or ``None`` when ``region`` is empty or off the grid."""
+    sub-array)`` of the target grid, or ``None`` when ``region`` is empty or off the grid.
+    ``coords``: as in :func:`acquire` (no box filter here either)."""
     idx = np.argwhere(region)
     if len(idx) == 0:
         return None
     lo, hi = idx.min(0) - 2.0, idx.max(0) + 2.0
+    if coords is not None:
+        inside = np.ones(grid.shape, dtype=bool)
+        for a in range(3):
+            inside &= (coords[a] >= lo[a]) & (coords[a] <= hi[a])
+        hit = np.argwhere(inside)
+        if len(hit) == 0:
+            return None
+        slices = tuple(
+            slice(int(a), int(b) + 1) for a, b in zip(hit.min(0), hit.max(0), strict=True)
+        )
+        sub = ndi.map_coordinates(
+            np.asarray(volume, dtype=np.float32),
+            coords[(slice(None), *slices)],
+            order=1,
+            mode="nearest",
+            prefilter=False,
+            output=np.float32,
+        )
+        return slices, sub  # type: ignore[return-value]
     corners = np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
     m = np.linalg.inv(sim_affine) @ pose @ grid.affine
     minv = np.linalg.inv(m)
@@ -180,3 +214,18 @@ def acquire_region(
     )
     slices = tuple(slice(int(a), int(b)) for a, b in zip(tlo, thi, strict=True))
     return slices, sub.astype(np.float32, copy=False)  # type: ignore[return-value]
+
+
+def warped_coords(world_mm: np.ndarray, world_to_sim: np.ndarray) -> np.ndarray:
+    """Simulation voxel indices (3, *S) float32 of world points ``world_mm`` (3, *S) through
+    the affine ``world_to_sim`` (4, 4): where a warped anatomy's voxels sample the crop."""
+    m = world_to_sim
+    out = np.empty_like(world_mm)
+    for r in range(3):
+        out[r] = (
+            np.float32(m[r, 0]) * world_mm[0]
+            + np.float32(m[r, 1]) * world_mm[1]
+            + np.float32(m[r, 2]) * world_mm[2]
+            + np.float32(m[r, 3])
+        )
+    return out

@@ -30,6 +30,12 @@ T1_MS = {
     3.0: {"gm": 1550.0, "wm": 900.0, "csf": 4200.0},
     1.5: {"gm": 1200.0, "wm": 700.0, "csf": 4000.0},
 }
+#: white-matter hyperintensity (generator 2.x): more water, longer T1 and T2* than white
+#: matter (mildly bright on long-TR T2*-GRE, near white matter on short-TR SWI)
+WMH_PARAMS = {
+    3.0: {"pd": 0.77, "t1": 1350.0, "t2s": 72.0},
+    1.5: {"pd": 0.77, "t1": 1000.0, "t2s": 90.0},
+}
 
 
 @dataclass(frozen=True)
@@ -187,21 +193,31 @@ def tissue_image(
     iron: np.ndarray,
     protocol: Protocol,
     jitter: dict[str, dict[str, float]] | None = None,
+    wmh: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Partial-volume signal image (float32, same shape as the maps) and the WM signal.
 
     ``iron`` is the R2* multiplier at 3 T (1 outside iron-rich nuclei); its excess scales with
     B0. ``jitter[tissue][param]`` multiplies the tissue parameters (per-subject variation).
     Iron only shortens T2* of GM and WM, so the signal is computed per tissue with its own
-    R2*: S = Σ_t frac_t · ρ_t · f(T1_t) · exp(−TE · R2*_t · iron_B0).
+    R2*: S = Σ_t frac_t · ρ_t · f(T1_t) · exp(−TE · R2*_t · iron_B0). ``wmh``: the part of
+    ``wm`` that is a white-matter hyperintensity (:data:`WMH_PARAMS`, the WM jitter applied).
     """
     params = tissue_params(protocol.field_strength_t)
     iron_b0 = 1.0 + (iron - 1.0) * np.float32(protocol.field_strength_t / 3.0)
     out = np.zeros(gm.shape, dtype=np.float32)
     s_wm = 0.0
-    for t, frac in (("gm", gm), ("wm", wm), ("csf", csf)):
-        p = dict(params[t])
-        for k, v in (jitter or {}).get(t, {}).items():
+    tissues = [("gm", gm), ("wm", wm if wmh is None else wm - wmh), ("csf", csf)]
+    if wmh is not None:
+        tissues.append(("wmh", wmh))
+    for t, frac in tissues:
+        p = (
+            dict(params[t])
+            if t != "wmh"
+            else dict(WMH_PARAMS[_nearest_field(protocol.field_strength_t)])
+        )
+        jt = "wm" if t == "wmh" else t
+        for k, v in (jitter or {}).get(jt, {}).items():
             p[k] *= v
         base = float(spgr_signal(p["pd"], p["t1"], 1e12, protocol.tr_ms, 0.0, protocol.flip_deg))
         r2s = protocol.te_ms / p["t2s"]

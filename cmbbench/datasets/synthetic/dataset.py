@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -32,8 +33,9 @@ from cmbbench.datasets.synthetic.contrast import get_protocol
 from cmbbench.datasets.synthetic.lesions import LABEL_LOSS, LesionModel
 from cmbbench.datasets.synthetic.presets import (
     DATASET_VERSION,
-    GENERATOR_VERSION,
-    PRESETS,
+    DATASET_VERSIONS,
+    check_without,
+    generator_of,
     get_preset,
 )
 from cmbbench.datasets.synthetic.subjects import (
@@ -71,8 +73,19 @@ INFO = DatasetInfo(
 )
 
 
-def _specs(preset: str, n: int | None, seed: int, protocol: str | None, lesion_model: LesionModel):
-    p = get_preset(preset)
+def _specs(
+    preset: str,
+    n: int | None,
+    seed: int,
+    protocol: str | None,
+    lesion_model: LesionModel,
+    version: str = DATASET_VERSION,
+    without: tuple[str, ...] = (),
+):
+    gen = generator_of(version)
+    if without and gen == "1.0":
+        raise InputError(f"synthetic v{version} has no generator elements to switch off (without=)")
+    p = get_preset(preset, gen)
     if protocol is not None:
         get_protocol(protocol)  # unknown names list the known ones
     n_subjects = p.n if n is None else int(n)
@@ -82,81 +95,110 @@ def _specs(preset: str, n: int | None, seed: int, protocol: str | None, lesion_m
         SubjectSpec(
             sid,
             int(seed),
-            protocol or subject_protocol(int(seed), sid, preset),
+            protocol or subject_protocol(int(seed), sid, preset, gen),
             preset,
             lesion_model,
+            gen,
+            without,
         )
         for sid in subject_ids(n_subjects)
     ]
 
 
 def dataset_folder(
-    base: Path, preset: str, seed: int, protocol: str | None, lesion_model: str
+    base: Path,
+    preset: str,
+    seed: int,
+    protocol: str | None,
+    lesion_model: str,
+    version: str = DATASET_VERSION,
+    without: tuple[str, ...] = (),
 ) -> Path:
-    """Folder of one generated dataset under the cache root."""
+    """Folder of one generated dataset under the cache root (one per generator version)."""
     name = f"{preset}_seed{int(seed)}"
     if protocol:
         name += f"_{protocol}"
     if lesion_model != "dipole":
         name += f"_{lesion_model}"
-    return Path(base) / "synthetic" / f"v{GENERATOR_VERSION}" / name
+    if without:
+        name += "_without-" + "-".join(without)
+    return Path(base) / "synthetic" / f"v{generator_of(version)}" / name
 
 
 def strata(specs) -> list[str]:
     """Stratum label per subject: ``"<protocol>|<count bin>"`` from the planned CMB count."""
     return [
-        f"{s.protocol}|{count_bin(subject_count(s.seed, s.subject_id, s.preset))}" for s in specs
+        f"{s.protocol}|{count_bin(subject_count(s.seed, s.subject_id, s.preset, s.version))}"
+        for s in specs
     ]
 
 
-def _stored_split_name(preset: str) -> str:
-    return f"splits_{preset}_v{DATASET_VERSION}.json"
+def _stored_split_name(preset: str, version: str = DATASET_VERSION) -> str:
+    return f"splits_{preset}_v{version}.json"
 
 
 def compute_splits(
-    preset: str = "default", n: int | None = None, seed: int = 0, protocol: str | None = None
+    preset: str = "default",
+    n: int | None = None,
+    seed: int = 0,
+    protocol: str | None = None,
+    version: str = DATASET_VERSION,
 ) -> SplitDef:
-    """The deterministic train/val/test split (stratified by protocol and CMB-count bin)."""
-    specs = _specs(preset, n, seed, protocol, "dipole")
-    fractions = get_preset(preset).fractions
+    """The deterministic train/val/test split (stratified by protocol and CMB-count bin).
+
+    Ablations (``without=``) share the full dataset's split: the planned counts and
+    protocols they are stratified by come from streams no element touches."""
+    specs = _specs(preset, n, seed, protocol, "dipole", version)
+    fractions = get_preset(preset, generator_of(version)).fractions
     return make_splits([s.subject_id for s in specs], strata(specs), seed=seed, fractions=fractions)
 
 
-def stored_splits(preset: str) -> SplitDef | None:
+def stored_splits(preset: str, version: str = DATASET_VERSION) -> SplitDef | None:
     """The frozen split shipped with the package for ``preset`` (seed 0, preset size), if any."""
-    ref = resources.files("cmbbench.datasets.synthetic").joinpath(_stored_split_name(preset))
+    ref = resources.files("cmbbench.datasets.synthetic").joinpath(
+        _stored_split_name(preset, version)
+    )
     if not ref.is_file():
         return None
     with resources.as_file(ref) as path:
         return load_split_file(path)
 
 
-def write_stored_splits(folder: str | os.PathLike[str] | None = None) -> list[Path]:
+def write_stored_splits(
+    folder: str | os.PathLike[str] | None = None, version_filter: str | None = None
+) -> list[Path]:
     """(Maintainers) write the frozen split files of every preset into the package folder."""
     out_dir = Path(folder) if folder else Path(__file__).parent
     paths = []
-    for name in PRESETS:
-        meta = {
-            "dataset": "synthetic",
-            "version": DATASET_VERSION,
-            "preset": name,
-            "seed": 0,
-            "strata": "protocol|count bin",
-        }
-        paths.append(
-            save_split_file(compute_splits(name), out_dir / _stored_split_name(name), meta=meta)
-        )
+    for version in DATASET_VERSIONS if version_filter is None else [version_filter]:
+        from cmbbench.datasets.synthetic.presets import PRESETS_BY_GENERATOR
+
+        for name in PRESETS_BY_GENERATOR[generator_of(version)]:
+            meta = {
+                "dataset": "synthetic",
+                "version": version,
+                "preset": name,
+                "seed": 0,
+                "strata": "protocol|count bin",
+            }
+            paths.append(
+                save_split_file(
+                    compute_splits(name, version=version),
+                    out_dir / _stored_split_name(name, version),
+                    meta=meta,
+                )
+            )
     return paths
 
 
-def _split_def(preset, n, seed, protocol, split_file) -> SplitDef:
+def _split_def(preset, n, seed, protocol, split_file, version: str = DATASET_VERSION) -> SplitDef:
     if split_file is not None:
         return load_split_file(split_file)
     if n is None and protocol is None and int(seed) == 0:
-        frozen = stored_splits(preset)
+        frozen = stored_splits(preset, version)
         if frozen is not None:
             return frozen
-    return compute_splits(preset, n, seed, protocol)
+    return compute_splits(preset, n, seed, protocol, version)
 
 
 def _progress_fn(progress: bool | ProgressFn | None) -> ProgressFn | None:
@@ -173,19 +215,37 @@ def _meta_from_sidecar(side: dict) -> dict[str, Any]:
     return meta
 
 
-def _case(folder: Path, sid: str, extras: tuple[str, ...] = ()) -> Case:
+def _agreement_arrays(folder: Path, sid: str, extras: tuple[str, ...], weights: dict):
+    """The cached subject with its instance label turned into a rater-agreement map
+    (float32: each CMB's voxels hold the share of raters who marked it, 1 or 0.5)."""
+    data = load_subject_arrays(folder, sid, extras)
+    lut = np.zeros(int(data.label.max()) + 1, dtype=np.float32)
+    for lid, w in weights.items():
+        if int(lid) < len(lut):
+            lut[int(lid)] = w
+    return dataclasses.replace(data, label=lut[data.label])
+
+
+def _case(
+    folder: Path, sid: str, extras: tuple[str, ...] = (), labels: str = "instance"
+) -> Case:
     side = read_sidecar(folder, sid)
     if side is None:
         raise InputError(
             "generated subject has no readable sidecar", case=sid, path=str(folder / sid)
         )
+    meta = _meta_from_sidecar(side)
+    loader = functools.partial(load_subject_arrays, folder, sid, extras)
+    if labels == "agreement":
+        weights = {k: float(v.get("agreement", 1.0)) for k, v in meta["lesion_attrs"].items()}
+        loader = functools.partial(_agreement_arrays, folder, sid, extras, weights)
     return Case(
         case_id=sid,
         affine=np.asarray(side["affine"], dtype=np.float64),
         shape=tuple(int(s) for s in side["shape"]),  # type: ignore[arg-type]
-        label_kind="instance",
-        loader=functools.partial(load_subject_arrays, folder, sid, extras),
-        meta=_meta_from_sidecar(side),
+        label_kind="agreement" if labels == "agreement" else "instance",
+        loader=loader,
+        meta=meta,
     )
 
 
@@ -226,8 +286,20 @@ def synthetic(
     split_file: str | os.PathLike[str] | None = None,
     lesion_model: LesionModel = "dipole",
     channels: Sequence[str] | str | None = None,
+    version: str = DATASET_VERSION,
+    without: Sequence[str] | str | None = None,
+    labels: str = "instance",
 ) -> Dataset:
     """The semi-synthetic CMB dataset (see ``docs/datasets-synthetic.md``).
+
+    ``labels``: ``"instance"`` (one id per CMB) or ``"agreement"`` (version 2: each CMB's
+    voxels hold the share of two simulated raters who marked it, 1 or 0.5, VALDO-style; the
+    ``valdo`` rule then weights F1 by it).
+
+    ``version``: the dataset version (``"2.0"``, the default; ``"1.1"`` for the records made
+    on it: its own presets, splits and generator). ``without``: generator-2 elements to
+    switch off (an ablation, e.g. ``"veins,motion"``; see
+    :data:`~cmbbench.datasets.synthetic.presets.ELEMENTS`), cached in a folder of its own.
 
     Subjects of the requested ``split`` (``None`` = all) that are not yet in the cache are
     generated in parallel (``workers`` processes, default all cores) and cached under
@@ -242,14 +314,23 @@ def synthetic(
     extras = _extra_channels(channels)
     if lesion_model not in ("dipole", "gaussian"):
         raise InputError(f"lesion_model must be 'dipole' or 'gaussian', got {lesion_model!r}")
-    specs = _specs(preset, n, seed, protocol, lesion_model)
+    version = str(version)
+    off = check_without(without)
+    if labels not in ("instance", "agreement"):
+        raise InputError(f"labels must be 'instance' or 'agreement', got {labels!r}")
+    if labels == "agreement" and (generator_of(version) == "1.0" or "raters" in off):
+        raise InputError(
+            f"labels='agreement' needs the simulated raters (dataset version 2, without "
+            f"'raters' kept on); got version {version!r}, without={list(off)}"
+        )
+    specs = _specs(preset, n, seed, protocol, lesion_model, version, off)
     if split is not None:
-        split_def = _split_def(preset, n, seed, protocol, split_file)
+        split_def = _split_def(preset, n, seed, protocol, split_file, version)
         specs = select(specs, split_def, split)
     base = default_cache_dir(cache_dir if cache_dir is not None else root)
-    folder = dataset_folder(base, preset, seed, protocol, lesion_model)
+    folder = dataset_folder(base, preset, seed, protocol, lesion_model, version, off)
     ensure_generated(folder, specs, workers=workers, progress=_progress_fn(progress), extras=extras)
-    cases = [_case(folder, s.subject_id, extras) for s in specs]
+    cases = [_case(folder, s.subject_id, extras, labels) for s in specs]
     options = {
         "preset": preset,
         "n": len(specs) if split is None else n,
@@ -257,10 +338,17 @@ def synthetic(
         "protocol": protocol,
         "lesion_model": lesion_model,
         "cache_folder": str(folder),
+        "version": version,
     }
+    if off:
+        options["without"] = list(off)
     if extras:
         options["channels"] = ["T2S", *extras]
-    return Dataset(INFO, cases, split=split, options=options)
+    info = INFO if version == INFO.version else dataclasses.replace(INFO, version=version)
+    if labels == "agreement":
+        options["labels"] = labels
+        info = dataclasses.replace(info, label_kind="agreement")
+    return Dataset(info, cases, split=split, options=options)
 
 
 def export_tree(
@@ -275,6 +363,8 @@ def export_tree(
     lesion_model: LesionModel = "dipole",
     split: str | None = None,
     channels: Sequence[str] | str | None = None,
+    version: str = DATASET_VERSION,
+    without: Sequence[str] | str | None = None,
 ) -> Path:
     """Write the dataset as a VALDO-style NIfTI tree under ``out_dir`` and return it.
 
@@ -291,8 +381,10 @@ def export_tree(
     ``dataset_description.json`` and ``splits.json``. Re-running resumes / reuses.
     """
     out = Path(out_dir)
-    all_specs = _specs(preset, n, seed, protocol, lesion_model)
-    split_def = _split_def(preset, n, seed, protocol, None)
+    version = str(version)
+    off = check_without(without)
+    all_specs = _specs(preset, n, seed, protocol, lesion_model, version, off)
+    split_def = _split_def(preset, n, seed, protocol, None, version)
     specs = all_specs if split is None else select(all_specs, split_def, split)
     extras = _extra_channels(channels)
     ensure_generated(out, specs, workers=workers, progress=progress, extras=extras)
@@ -301,13 +393,17 @@ def export_tree(
         {
             "Name": "cmbbench synthetic CMB dataset",
             "generator": "cmbbench.datasets.synthetic",
-            "generator_version": GENERATOR_VERSION,
+            "version": version,
+            "generator_version": generator_of(version),
+            "without": list(off),
             "preset": preset,
             "seed": int(seed),
             "n_subjects": len(specs),
             "split": split,
             "protocol": protocol,
-            "protocol_mix": get_preset(preset).protocols if protocol is None else {protocol: 1.0},
+            "protocol_mix": get_preset(preset, generator_of(version)).protocols
+            if protocol is None
+            else {protocol: 1.0},
             "lesion_model": lesion_model,
             "label_policy": (
                 f"CMB voxels lose >= {LABEL_LOSS:.0%} signal from that CMB's own attenuation; "

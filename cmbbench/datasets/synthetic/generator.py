@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from cmbbench.datasets.synthetic import artefacts, pathology, vessels
 from cmbbench.datasets.synthetic.acquisition import (
     Grid,
     acquire,
@@ -30,6 +31,7 @@ from cmbbench.datasets.synthetic.acquisition import (
     random_pose,
     rician_noise,
     target_grid,
+    warped_coords,
 )
 from cmbbench.datasets.synthetic.anatomy import load_anatomy
 from cmbbench.datasets.synthetic.contrast import Protocol, get_protocol, tissue_image
@@ -43,7 +45,7 @@ from cmbbench.datasets.synthetic.mimics import (
     plan_veins,
     render_veins,
 )
-from cmbbench.datasets.synthetic.presets import get_preset
+from cmbbench.datasets.synthetic.presets import ELEMENTS, get_preset
 from cmbbench.datasets.synthetic.sampling import (
     P_LOBAR_ONLY,
     component_rng,
@@ -57,8 +59,20 @@ from cmbbench.datasets.synthetic.subjects import (  # noqa: F401  (re-exported)
     subject_ids,
     subject_protocol,
 )
+from cmbbench.datasets.synthetic.warp import Warp, random_warp
 
-MIMIC_CODES = {"vein": 1, "calcification": 2, "iron_focus": 3, "air_bone": 4}
+#: mimic map codes (the ``desc-mimics_dseg`` file); 5–9 appear from generator 2.0 on
+MIMIC_CODES = {
+    "vein": 1,
+    "calcification": 2,
+    "iron_focus": 3,
+    "air_bone": 4,
+    "flow_void": 5,
+    "siderosis": 6,
+    "macro_haemorrhage": 7,
+    "cavernoma": 8,
+    "lacune": 9,
+}
 
 
 @dataclass
@@ -87,6 +101,7 @@ def _grow(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
 
 
 def _sim_crop(grid: Grid, pose: np.ndarray, sim_affine: np.ndarray, shape, pad: int = 4):
+    # ``pad`` (simulation voxels) also covers a warp's displacement (generator 2.x)
     """Slices of the simulation grid that the target grid's footprint needs."""
     corners = (
         np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in grid.shape], indexing="ij"))
@@ -120,45 +135,87 @@ class _Frame:
     pose: np.ndarray
     grid: Any
     to_world: np.ndarray
+    spec: SubjectSpec
+    warp: Warp | None = None
+
+    def point_to_world(self, p: Any) -> np.ndarray:
+        """World mm (3,) of the template point ``p`` (3,) mm: where the subject's anatomy
+        put it (inverse warp), then the pose."""
+        q = self.to_world[:3, :3] @ np.asarray(p, dtype=np.float64) + self.to_world[:3, 3]
+        if self.warp is not None:
+            q = self.warp.inverse(q[None])[0]
+        return q
+
+    def points_to_world(self, pts: np.ndarray) -> np.ndarray:
+        """World mm (N, 3) of template points (N, 3) mm (see :meth:`point_to_world`)."""
+        q = pts @ self.to_world[:3, :3].T + self.to_world[:3, 3]
+        return q if self.warp is None else self.warp.inverse(q)
+
+    @property
+    def sim_pad(self) -> int:
+        """Simulation-crop margin (voxels) covering the warp's largest displacement."""
+        if self.warp is None:
+            return 4
+        return 4 + int(np.ceil(self.warp.max_mm))
 
 
 def _frame(spec: SubjectSpec) -> _Frame:
-    """The subject's frame (draws only the ``"pose"`` stream)."""
-    preset = get_preset(spec.preset)
+    """The subject's frame (draws only the ``"pose"`` and, generator 2.x, ``"warp"`` streams)."""
+    preset = get_preset(spec.preset, spec.version)
     protocol: Protocol = get_protocol(spec.protocol)
     rng = lambda comp: component_rng(spec.version, spec.seed, spec.subject_id, comp)  # noqa: E731
     place_box = _grow(preset.box_mm, -5.0) if preset.box_mm is not None else None
     pose = random_pose(rng("pose"))
+    anat = load_anatomy()
+    warp = None
     fov = box_corners(preset.box_mm) if preset.box_mm is not None else _brain_surface()
+    if spec.has("warp"):
+        inv = np.linalg.inv(pose)
+        surface_world = _brain_surface()[::7] @ inv[:3, :3].T + inv[:3, 3]
+        warp = random_warp(rng("warp"), surface_world.min(0), surface_world.max(0))
+        if preset.box_mm is None:  # the field of view follows the warped brain
+            fov = warp.inverse(surface_world) @ pose[:3, :3].T + pose[:3, 3]
     grid = target_grid(pose, fov, protocol.voxel_mm, preset.margin_mm)
-    return _Frame(preset, protocol, load_anatomy(), rng, place_box, pose, grid, np.linalg.inv(pose))
+    return _Frame(
+        preset, protocol, anat, rng, place_box, pose, grid, np.linalg.inv(pose), spec, warp
+    )
 
 
 def generate_subject(spec: SubjectSpec) -> Subject:
     """Generate one subject (deterministic: same spec -> byte-identical arrays).
 
-    Plan (count, pattern, mimics, CMB sites) -> 1 mm tissue simulation with veins and air-bone
-    drop-out, acquired on the protocol's grid -> mimic and CMB dipoles rendered on that grid
-    (labels from the CMBs' signal loss) -> bias, scale and Rician noise inside the brain.
-    Every random draw comes from a named per-subject stream (``component_rng``), so the
-    stages can be read, and changed, one at a time.
+    Plan (count, pattern, mimics, pathology, CMB sites) -> 1 mm tissue simulation (atrophy,
+    WMH, lacunes, veins, flow voids, siderosis, air-bone drop-out), acquired on the protocol's
+    grid (through the subject's warp) -> mimic and CMB dipoles rendered on that grid (labels
+    from the CMBs' signal loss) -> bias, scale, motion artefacts and (textured) Rician noise
+    inside the brain. Every random draw comes from a named per-subject stream
+    (``component_rng``), so the stages can be read, changed and ablated one at a time;
+    generator 1.0 subjects take none of the 2.x elements (:data:`~.presets.ELEMENTS`).
     """
     f = _frame(spec)
-    preset, protocol, anat, rng = f.preset, f.protocol, f.anat, f.rng
-    place_box, pose, grid, to_world = f.place_box, f.pose, f.grid, f.to_world
+    rng, protocol, grid = f.rng, f.protocol, f.grid
 
-    plan = _plan(rng, preset, protocol, place_box)
-    image, brain, mimic_map, s_wm = _simulate(rng, anat, grid, pose, protocol, plan.veins)
-    mimic_records = _render_mimics(plan, image, mimic_map, grid, to_world, protocol, spec)
-    label, ignore, kept, ignored = _render_cmbs(
-        plan.cmbs, image, brain, grid, to_world, protocol, spec
+    plan = _plan(f)
+    image, brain, mimic_map, s_wm = _simulate(f, plan)
+    mimic_records = _render_mimics(f, plan, image, mimic_map)
+    label, ignore, kept, ignored = _render_cmbs(f, plan.cmbs, image, brain)
+
+    # ---- bias, scale, artefacts, noise, mask ------------------------------------------------------
+    motion = artefacts.plan_motion(rng("motion")) if spec.has("motion") else None
+    texture = (
+        artefacts.plan_noise_texture(rng("noise_texture")) if spec.has("noise_texture") else None
     )
-
-    # ---- bias, scale, noise, mask -----------------------------------------------------------------
-    snr, rms = _bias_scale_noise(rng("noise"), image, brain, protocol, s_wm)
+    snr, rms = _bias_scale_noise(
+        rng("noise"), image, brain, protocol, s_wm, motion, texture, rng("noise_texture")
+    )
     label[~brain] = 0
+    scan_artefacts = [
+        rec
+        for rec in (motion.record() if motion else None, texture.record() if texture else None)
+        if rec is not None
+    ]
 
-    cmb_records = [{k: r[k] for k in _CMB_RECORD_KEYS} for r in kept + ignored]
+    cmb_records = [{k: r[k] for k in _CMB_RECORD_KEYS if k in r} for r in kept + ignored]
     meta = {
         "protocol": protocol.name,
         "cohort": protocol.name,
@@ -182,23 +239,51 @@ def generate_subject(spec: SubjectSpec) -> Subject:
         "subject_id": spec.subject_id,
         "preset": spec.preset,
         "lesion_model": spec.lesion_model,
-        "pose": [_round(row, 6) for row in pose],
+        "pose": [_round(row, 6) for row in f.pose],
     }
+    if spec.version != "1.0":
+        p = plan.pathology
+        meta["elements"] = [e for e in ELEMENTS if spec.has(e)]
+        meta["age"] = round(p.age, 1)
+        meta["atrophy"] = round(p.atrophy, 3)
+        meta["wmh_burden"] = round(p.wmh_burden, 3) if spec.has("wmh") else 0.0
+        meta["warp_rms_mm"] = round(f.warp.rms_mm, 3) if f.warp is not None else 0.0
+        meta["artefacts"] = scan_artefacts
+        if spec.has("raters"):
+            for r in kept:
+                meta["lesion_attrs"][r["id"]]["agreement"] = r["agreement"]
     return Subject(spec, grid, image.astype(np.float32, copy=False), label, ignore, mimic_map, meta)
 
 
 def _bias_scale_noise(
-    nrng: Any, image: np.ndarray, brain: np.ndarray, protocol: Protocol, s_wm: float
+    nrng: Any,
+    image: np.ndarray,
+    brain: np.ndarray,
+    protocol: Protocol,
+    s_wm: float,
+    motion: artefacts.MotionPlan | None = None,
+    texture: artefacts.NoiseTexture | None = None,
+    trng: Any = None,
 ) -> tuple[float, float]:
     """In place: a bias field, the protocol's scale (white matter at ``protocol.scale``,
-    jittered) and Rician noise at the drawn SNR inside the brain, 0 outside (a masked
-    acquisition). Returns ``(snr, bias rms)``; every draw from ``nrng``."""
+    jittered), motion artefacts (``motion``), and Rician noise at the drawn SNR inside the
+    brain (textured by ``texture``, drawn from ``trng``), 0 outside (a masked acquisition).
+    Returns ``(snr, bias rms)``; every draw but the texture's from ``nrng``."""
     snr = float(nrng.uniform(*protocol.snr))
     rms = float(nrng.uniform(0.10, 0.20))
     scale = protocol.scale * float(nrng.uniform(0.8, 1.25)) / s_wm
     image *= bias_field(nrng, image.shape, rms)
     image *= np.float32(scale)
-    image[brain] = rician_noise(nrng, image[brain], protocol.scale / snr)
+    if motion is not None:
+        artefacts.apply_motion(image, motion)
+    sigma = protocol.scale / snr
+    if texture is None:
+        image[brain] = rician_noise(nrng, image[brain], sigma)
+    else:
+        n1 = artefacts.textured_noise(trng, image.shape, texture)[brain]
+        n2 = artefacts.textured_noise(trng, image.shape, texture)[brain]
+        re = image[brain] + np.float32(sigma) * n1
+        image[brain] = np.sqrt(re * re + (np.float32(sigma) * n2) ** 2)
     image[~brain] = 0.0
     return snr, rms
 
@@ -214,6 +299,7 @@ _CMB_RECORD_KEYS = (
     "n_voxels",
     "core_diameter_mm",
     "max_loss",
+    "agreement",
 )
 
 
@@ -227,22 +313,80 @@ class _Plan:
     calcs: list
     foci: list
     cmbs: list
+    flow_voids: list = field(default_factory=list)
+    siderosis: list = field(default_factory=list)
+    pathology: pathology.Pathology | None = None
 
 
-def _plan(rng: Any, preset: Any, protocol: Protocol, place_box: Any) -> _Plan:
-    """CMB count and pattern, veins, calcifications, iron foci, then CMB sites away from them."""
+def _plan(f: _Frame) -> _Plan:
+    """CMB count and pattern, veins, calcifications, iron foci (generator 2.x: pathology,
+    flow voids, siderosis, macro lesions, mineralisation), then CMB sites away from them."""
+    rng, preset, protocol, place_box, spec = f.rng, f.preset, f.protocol, f.place_box, f.spec
     count = sample_count(rng("count"), preset.count_cap)
     lobar_only = bool(rng("pattern").random() < P_LOBAR_ONLY)
-    veins = plan_veins(rng("veins"), protocol.vein_loss, place_box)
+    v2 = spec.version != "1.0"
+    if spec.has("veins"):
+        veins = vessels.plan_veins_v2(
+            rng("veins"), protocol.sequence, protocol.vein_loss, place_box
+        )
+    else:
+        veins = plan_veins(rng("veins"), protocol.vein_loss, place_box)
     calcs = plan_calcifications(rng("calcifications"), place_box)
     foci = plan_iron_foci(rng("iron"), place_box)
-    avoid = [v.points for v in veins] + [np.asarray([d.centre_mni]) for d in calcs + foci]
+    path = flow = sid = None
+    if v2:
+        age = pathology.draw_age(rng("age"))
+        path = pathology.Pathology(age)
+        burden, patches = pathology.plan_wmh(rng("wmh"), age, place_box)
+        path.wmh_burden = burden
+        if spec.has("wmh"):
+            path.wmh_patches = patches
+        if spec.has("atrophy"):
+            path.atrophy = pathology.plan_atrophy(rng("atrophy"), age)
+        if spec.has("lacunes"):
+            path.lacunes = pathology.plan_lacunes(rng("lacunes"), burden, place_box)
+        if spec.has("macro"):
+            path.macro = pathology.plan_macro(rng("macro"), place_box)
+        if spec.has("calcification"):
+            path.mineral = pathology.plan_mineralisation(rng("mineralisation"), age, place_box)
+        flow = (
+            vessels.plan_flow_voids(rng("flow_voids"), place_box) if spec.has("flow_voids") else []
+        )
+        sid = (
+            vessels.plan_siderosis(rng("siderosis"), lobar_only, place_box)
+            if spec.has("siderosis")
+            else []
+        )
+    avoid = [v.points for v in veins + (flow or []) + (sid or [])]
+    avoid += [np.asarray([d.centre_mni]) for d in calcs + foci]
+    if path is not None:
+        avoid.append(path.avoid_points())
+    avoid = [a for a in avoid if len(a)]
     avoid_pts = np.concatenate(avoid, axis=0) if avoid else None
     b0, te = protocol.field_strength_t, protocol.te_ms
+    accept = None
+    if path is not None and path.atrophy > 0:
+        clear = 4.0 * path.atrophy + 2.0  # the grown ventricles and a margin (mm)
+        anat, inv = f.anat, np.linalg.inv(f.anat.affine)
+
+        def accept(c: np.ndarray) -> bool:
+            ijk = np.clip(
+                np.rint(inv[:3, :3] @ c + inv[:3, 3]).astype(int), 0, np.asarray(anat.shape) - 1
+            )
+            return bool(anat.ventricle_dist[tuple(ijk)] > clear)
+
     cmbs = place_cmbs(
-        rng("cmbs"), count, region_weights(lobar_only), b0, te, place_box, avoid_pts, avoid_mm=3.0
+        rng("cmbs"),
+        count,
+        region_weights(lobar_only),
+        b0,
+        te,
+        place_box,
+        avoid_pts,
+        avoid_mm=3.0,
+        accept=accept,
     )
-    return _Plan(count, lobar_only, veins, calcs, foci, cmbs)
+    return _Plan(count, lobar_only, veins, calcs, foci, cmbs, flow or [], sid or [], path)
 
 
 def _subject_contrast(crng: np.random.Generator) -> tuple[dict, np.float32]:
@@ -255,47 +399,114 @@ def _subject_contrast(crng: np.random.Generator) -> tuple[dict, np.float32]:
     return jitter, np.float32(crng.uniform(0.8, 1.2))
 
 
-def _simulate(
-    rng: Any, anat: Any, grid: Any, pose: np.ndarray, protocol: Protocol, veins: list
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The 1 mm tissue image (contrast jitter, iron, veins, air-bone drop-out) acquired on the
-    target grid: ``(image, brain mask, mimic code map, white-matter signal)``."""
-    b0, te = protocol.field_strength_t, protocol.te_ms
-    sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
-    jitter, iron_gain = _subject_contrast(rng("contrast"))
+def _sampling(f: _Frame, sim_aff: np.ndarray) -> np.ndarray | None:
+    """Where each target voxel samples the simulation crop through the warp (or ``None``)."""
+    if f.warp is None:
+        return None
+    a, shape = f.grid.affine, f.grid.shape
+    axes = tuple(a[i, i] * np.arange(shape[i], dtype=np.float64) + a[i, 3] for i in range(3))
+    u = f.warp.on_grid(axes)  # (3, X, Y, Z) world mm
+    for i in range(3):  # world position of each voxel's anatomy: its centre + u
+        u[i] += axes[i].astype(np.float32).reshape([-1 if j == i else 1 for j in range(3)])
+    return warped_coords(u, np.linalg.inv(sim_aff) @ f.pose)
+
+
+def _tissue(f: _Frame, plan: _Plan, protocol: Protocol) -> tuple:
+    """The subject's 1 mm tissue signal under ``protocol`` on its simulation crop (contrast
+    jitter, iron, atrophy, WMH, lacunes): ``(signal, WM signal, crop slices, crop affine,
+    lacune fraction or None)``."""
+    anat, spec = f.anat, f.spec
+    sl, sim_aff = _sim_crop(f.grid, f.pose, anat.affine, anat.shape, pad=f.sim_pad)
+    jitter, iron_gain = _subject_contrast(f.rng("contrast"))
     iron = 1.0 + (anat.iron[sl] - 1.0) * iron_gain
-    sim, s_wm = tissue_image(anat.gm[sl], anat.wm[sl], anat.csf[sl], iron, protocol, jitter)
-    vein_att = render_veins(veins)[sl]
+    gm, wm, csf, wmh, lacune = anat.gm[sl], anat.wm[sl], anat.csf[sl], None, None
+    if plan.pathology is not None:
+        gm, wm, csf, wmh, lacune = pathology.apply_to_tissue(
+            plan.pathology,
+            gm,
+            wm,
+            csf,
+            anat.ventricle_dist[sl],
+            pathology.sulcal_exposure()[sl],
+            sim_aff,
+            atrophy=spec.has("atrophy"),
+            wmh=spec.has("wmh"),
+            lacunes=spec.has("lacunes"),
+        )
+    sim, s_wm = tissue_image(gm, wm, csf, iron, protocol, jitter, wmh=wmh)
+    return sim, s_wm, sl, sim_aff, lacune
+
+
+def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The 1 mm tissue image (:func:`_tissue`, veins and the other tubes, air-bone drop-out)
+    acquired on the target grid: ``(image, brain mask, mimic code map, white-matter signal)``."""
+    anat, grid, pose, protocol, spec = f.anat, f.grid, f.pose, f.protocol, f.spec
+    b0, te = protocol.field_strength_t, protocol.te_ms
+    sim, s_wm, sl, sim_aff, lacune = _tissue(f, plan, protocol)
+    if spec.has("veins"):
+        vein_att = vessels.render_tubes(plan.veins)[sl]
+    else:
+        vein_att = render_veins(plan.veins)[sl]
     air = airbone_attenuation(b0, te, tuple(protocol.voxel_mm))[sl]
     sim *= vein_att
     sim *= air
+    tubes = [("air_bone", air, 0.3), ("vein", vein_att, 0.2)]
+    for code, group in (("flow_void", plan.flow_voids), ("siderosis", plan.siderosis)):
+        if group:
+            att = vessels.render_tubes(group)[sl]
+            sim *= att
+            tubes.append((code, att, 0.2))
 
-    image = acquire(sim, sim_aff, pose, grid)
-    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid) >= 0.5
+    coords = _sampling(f, sim_aff)
+    image = acquire(sim, sim_aff, pose, grid, coords=coords)
+    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid, coords=coords) >= 0.5
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
-    for code, att_map, min_loss in (("air_bone", air, 0.3), ("vein", vein_att, 0.2)):
-        out = acquire_region(att_map, sim_aff, pose, grid, att_map < 1.0 - min_loss / 2.0)
+    for code, att_map, min_loss in tubes:
+        out = acquire_region(att_map, sim_aff, pose, grid, att_map < 1.0 - min_loss / 2.0, coords)
         if out is not None:
             s, sub = out
             mimic_map[s][((1.0 - sub) >= min_loss) & brain[s]] = MIMIC_CODES[code]
+    if lacune is not None:
+        out = acquire_region(lacune, sim_aff, pose, grid, lacune > 0.25, coords)
+        if out is not None:
+            s, sub = out
+            mimic_map[s][(sub >= 0.5) & brain[s]] = MIMIC_CODES["lacune"]
     return image, brain, mimic_map, s_wm
 
 
-def _render_mimics(
-    plan: _Plan,
-    image: np.ndarray,
-    mimic_map: np.ndarray,
-    grid: Any,
-    to_world: np.ndarray,
-    protocol: Protocol,
-    spec: SubjectSpec,
-) -> list[dict]:
-    """Calcification and iron dipoles rendered into ``image`` (and ``mimic_map``) on the target
-    grid; returns every mimic's sidecar record (dipoles, veins, air-bone sites; world mm)."""
+def _tube_record(f: _Frame, v: Any, kind_type: str) -> dict:
+    """Sidecar record of a vein / flow void / siderosis band (world mm of the case grid)."""
+    if f.warp is None:
+        pts_world = v.points @ f.to_world[:3, :3].T + f.to_world[:3, 3]
+    else:
+        pts_world = f.points_to_world(v.points)
+    rec = {
+        "type": kind_type,
+        "kind": v.kind.split(":", 1)[-1],
+        "centre_mm": _round(pts_world[len(pts_world) // 2]),
+        "start_mm": _round(pts_world[0]),
+        "end_mm": _round(pts_world[-1]),
+        "radius_mm": round(v.radius_mm, 3),
+        "length_mm": round(0.5 * (len(pts_world) - 1), 1),
+        "centre_loss": round(v.loss, 3),
+    }
+    if kind_type == "siderosis":
+        rec.pop("kind")
+        rec["width_mm"] = rec.pop("radius_mm")
+    return rec
+
+
+def _render_mimics(f: _Frame, plan: _Plan, image: np.ndarray, mimic_map: np.ndarray) -> list[dict]:
+    """Calcification, iron, mineralisation and macro-lesion dipoles rendered into ``image``
+    (and ``mimic_map``) on the target grid; returns every mimic's sidecar record (dipoles,
+    tubes, pathology, air-bone sites; world mm)."""
+    grid, protocol, spec = f.grid, f.protocol, f.spec
     b0, te = protocol.field_strength_t, protocol.te_ms
     records: list[dict] = []
-    for d in plan.calcs + plan.foci:
-        c_world = to_world[:3, :3] @ np.asarray(d.centre_mni) + to_world[:3, 3]
+    path = plan.pathology
+    dipoles = plan.calcs + plan.foci + ((path.mineral + path.macro) if path is not None else [])
+    for d in dipoles:
+        c_world = f.point_to_world(d.centre_mni)
         out = render_dipole(
             c_world, d.moment, d.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
         )
@@ -305,21 +516,31 @@ def _render_mimics(
             mimic_map[s][att <= 0.8] = MIMIC_CODES[d.kind]
         records.append(dipole_record(d, c_world))
     for v in plan.veins:
-        pts_world = v.points @ to_world[:3, :3].T + to_world[:3, 3]
-        records.append(
-            {
-                "type": "vein",
-                "kind": v.kind,
-                "centre_mm": _round(pts_world[len(pts_world) // 2]),
-                "start_mm": _round(pts_world[0]),
-                "end_mm": _round(pts_world[-1]),
-                "radius_mm": round(v.radius_mm, 3),
-                "length_mm": round(0.5 * (len(pts_world) - 1), 1),
-                "centre_loss": round(v.loss, 3),
-            }
-        )
+        records.append(_tube_record(f, v, "vein"))
+    for v in plan.flow_voids:
+        records.append(_tube_record(f, v, "flow_void"))
+    for v in plan.siderosis:
+        records.append(_tube_record(f, v, "siderosis"))
+    if path is not None:
+        for b in path.lacunes:
+            records.append(
+                {
+                    "type": "lacune",
+                    "centre_mm": _round(f.point_to_world(b.centre)),
+                    "diameter_mm": round(2.0 * max(b.axes), 2),
+                    "region": b.region,
+                }
+            )
+        for b in path.wmh_patches:
+            records.append(
+                {
+                    "type": "wmh",
+                    "centre_mm": _round(f.point_to_world(b.centre)),
+                    "diameter_mm": round(2.0 * max(b.axes), 2),
+                }
+            )
     for name, (c, a) in AIR_POCKETS.items():
-        c_world = to_world[:3, :3] @ np.asarray(c) + to_world[:3, 3]
+        c_world = f.point_to_world(c)
         records.append(
             {"type": "air_bone", "site": name, "centre_mm": _round(c_world), "radius_mm": a}
         )
@@ -327,18 +548,16 @@ def _render_mimics(
 
 
 def _render_cmbs(
-    cmbs: list,
-    image: np.ndarray,
-    brain: np.ndarray,
-    grid: Any,
-    to_world: np.ndarray,
-    protocol: Protocol,
-    spec: SubjectSpec,
+    f: _Frame, cmbs: list, image: np.ndarray, brain: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
     """CMB dipoles rendered into ``image``; a CMB whose in-brain signal loss reaches
     ``KEEP_LOSS`` is labelled (its voxels with loss >= ``LABEL_LOSS``; overlapping CMBs: the
-    stronger attenuation wins), a fainter one becomes an ignore region. Returns ``(instance
-    label (uint16), ignore mask, kept records, ignored records)``."""
+    stronger attenuation wins), a fainter one becomes an ignore region. With raters
+    (generator 2.x), each kept CMB gets the share of two simulated raters who mark it
+    (``agreement`` 1 or 0.5: a faint CMB, max loss < 45 %, is missed by one rater w.p. 0.6,
+    a clear one w.p. 0.05). Returns ``(instance label (uint16), ignore mask, kept records,
+    ignored records)``."""
+    grid, protocol, spec = f.grid, f.protocol, f.spec
     b0, te = protocol.field_strength_t, protocol.te_ms
     label = np.zeros(grid.shape, dtype=np.uint16)
     best = np.ones(grid.shape, dtype=np.float32)  # the strongest CMB attenuation per voxel
@@ -347,7 +566,7 @@ def _render_cmbs(
     ignored: list[dict] = []
     voxel_volume = float(np.prod(protocol.voxel_mm))
     for c in cmbs:
-        c_world = to_world[:3, :3] @ np.asarray(c.centre_mni) + to_world[:3, 3]
+        c_world = f.point_to_world(c.centre_mni)
         rec = {
             "centre_mm": _round(c_world),
             "moment": round(c.moment, 4),
@@ -388,6 +607,11 @@ def _render_cmbs(
         rec["diameter_mm"] = round(float((6.0 * n * voxel_volume / np.pi) ** (1.0 / 3.0)), 3)
     for j, rec in enumerate(ignored):
         rec["id"] = len(kept) + 1 + j
+    if spec.has("raters"):
+        rrng = f.rng("raters")
+        for rec in kept:
+            p_miss = 0.6 if rec["max_loss"] < 0.45 else 0.05
+            rec["agreement"] = 0.5 if rrng.random() < p_miss else 1.0
     return label, ignore, kept, ignored
 
 
@@ -423,25 +647,27 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
     import dataclasses
 
     f = _frame(spec)
-    preset, protocol, anat, rng = f.preset, f.protocol, f.anat, f.rng
-    place_box, pose, grid, to_world = f.place_box, f.pose, f.grid, f.to_world
-    plan = _plan(rng, preset, protocol, place_box)
-
+    protocol, anat, grid = f.protocol, f.anat, f.grid
+    plan = _plan(f)
     t1w = dataclasses.replace(protocol, name=f"{protocol.name}-T1w", **T1W_SEQUENCE)
-    sl, sim_aff = _sim_crop(grid, pose, anat.affine, anat.shape)
-    jitter, iron_gain = _subject_contrast(rng("contrast"))
-    iron = 1.0 + (anat.iron[sl] - 1.0) * iron_gain
-    sim, s_wm = tissue_image(anat.gm[sl], anat.wm[sl], anat.csf[sl], iron, t1w, jitter)
-    image = acquire(sim, sim_aff, pose, grid)
-    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid) >= 0.5
+    sim, s_wm, sl, sim_aff, _lacune = _tissue(f, plan, t1w)
+    coords = _sampling(f, sim_aff)
+    image = acquire(sim, sim_aff, f.pose, grid, coords=coords)
+    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, f.pose, grid, coords=coords) >= 0.5
     b0, te = t1w.field_strength_t, t1w.te_ms
     for c in plan.cmbs:
-        c_world = to_world[:3, :3] @ np.asarray(c.centre_mni) + to_world[:3, 3]
         out = render_dipole(
-            c_world, c.moment, c.core_radius_mm, grid.affine, grid.shape, b0, te, spec.lesion_model
+            f.point_to_world(c.centre_mni),
+            c.moment,
+            c.core_radius_mm,
+            grid.affine,
+            grid.shape,
+            b0,
+            te,
+            spec.lesion_model,
         )
         if out is not None:
             image[out[0]] *= out[1]
 
-    _bias_scale_noise(rng("t1"), image, brain, protocol, s_wm)
+    _bias_scale_noise(f.rng("t1"), image, brain, protocol, s_wm)
     return image.astype(np.float32, copy=False), grid

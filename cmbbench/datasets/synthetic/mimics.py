@@ -210,6 +210,6 @@ def dipole_record(d: Dipole, centre_world: np.ndarray) -> dict:
         "site": d.site,
         "moment": round(float(d.moment), 4),
     }
-    if d.kind == "calcification":
+    if d.kind in ("calcification", "macro_haemorrhage", "cavernoma"):
         rec["diameter_mm"] = round(2.0 * d.core_radius_mm, 3)
     return rec

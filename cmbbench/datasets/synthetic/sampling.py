@@ -8,6 +8,7 @@ generation order (never Python's salted ``hash()``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,11 +117,13 @@ def place_cmbs(
     avoid_points: np.ndarray | None = None,
     avoid_mm: float = 2.0,
     max_tries: int = 200,
+    accept: Callable[[np.ndarray], bool] | None = None,
 ) -> list[CMBSpec]:
     """Draw ``count`` CMBs: region by ``weights``, centre uniform over that region's eligible
     voxels (+ sub-voxel jitter), apart from each other (≥ sum of bloom radii + 1 mm) and at
     least bloom radius + ``avoid_mm`` from every point of ``avoid_points`` (MNI mm, e.g. vein
-    centre lines and calcifications). CMBs that find no place in ``max_tries`` are dropped.
+    centre lines and calcifications). ``accept(centre)`` (MNI mm) may veto a site (e.g. one
+    that atrophy turned into CSF). CMBs that find no place in ``max_tries`` are dropped.
     """
     from scipy.spatial import cKDTree
 
@@ -149,6 +152,8 @@ def place_cmbs(
             ):
                 continue
             if tree is not None and tree.query(c)[0] < r_app + avoid_mm:
+                continue
+            if accept is not None and not accept(c):
                 continue
             out.append(CMBSpec(tuple(float(v) for v in c), m, a, region))
             radii.append(r_app)

@@ -26,15 +26,26 @@ class SubjectSpec:
     preset: str
     lesion_model: LesionModel = "dipole"
     version: str = GENERATOR_VERSION
+    #: generator elements switched off (an ablation; :data:`~.presets.ELEMENTS`), sorted
+    without: tuple[str, ...] = ()
 
     @property
     def case_id(self) -> str:
         return self.subject_id
 
+    def has(self, element: str) -> bool:
+        """Whether this subject is generated with ``element`` (generator 2.x, not ablated)."""
+        return self.version != "1.0" and element not in self.without
+
     def fingerprint(self) -> dict:
-        p = get_preset(self.preset)
+        p = get_preset(self.preset, self.version)
+        fields = asdict(self)
+        if not self.without:  # a full subject's fingerprint is the one generator 1.0 wrote
+            fields.pop("without")
+        else:
+            fields["without"] = list(self.without)
         return {
-            **asdict(self),
+            **fields,
             "protocol_params": get_protocol(self.protocol).as_dict(),
             "box_mm": p.box_mm,
             "count_cap": p.count_cap,
@@ -51,7 +62,7 @@ def subject_protocol(
     seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION
 ) -> str:
     """The protocol a subject draws from the preset's mix."""
-    mix = get_preset(preset).protocols
+    mix = get_preset(preset, version).protocols
     names = sorted(mix)
     w = np.asarray([mix[k] for k in names], dtype=np.float64)
     rng = component_rng(version, seed, subject_id, "protocol")
@@ -60,5 +71,5 @@ def subject_protocol(
 
 def subject_count(seed: int, subject_id: str, preset: str, version: str = GENERATOR_VERSION) -> int:
     """The planned CMB count (before placement/ignore) of a subject."""
-    cap = get_preset(preset).count_cap
+    cap = get_preset(preset, version).count_cap
     return sample_count(component_rng(version, seed, subject_id, "count"), cap)

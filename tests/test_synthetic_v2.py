@@ -1,0 +1,170 @@
+"""Generator 2.0: each new element at its configured rate, recorded, never labelled; ablations;
+the warp's inverse; the detectable-ΔF1 estimate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmbbench.datasets.synthetic import artefacts, pathology, vessels
+from cmbbench.datasets.synthetic.generator import MIMIC_CODES, generate_subject
+from cmbbench.datasets.synthetic.presets import ELEMENTS, check_without
+from cmbbench.datasets.synthetic.sampling import component_rng
+from cmbbench.datasets.synthetic.subjects import SubjectSpec
+from cmbbench.errors import InputError, UnknownNameError
+from cmbbench.scoring.power import detectable_delta_f1
+
+
+def _rngs(component: str, n: int):
+    return (component_rng("2.0", 0, f"sub-{i:04d}", component) for i in range(1, n + 1))
+
+
+def test_artefact_rates():
+    # 15 % ghosting, 15 % ringing, 50 % parallel imaging: 2000 draws, binomial SE ≈ 0.008 / 0.011
+    motion = [artefacts.plan_motion(r) for r in _rngs("motion", 2000)]
+    assert abs(np.mean([m.ghost_fraction is not None for m in motion]) - 0.15) < 0.03
+    assert abs(np.mean([m.ringing_keep is not None for m in motion]) - 0.15) < 0.03
+    tex = [artefacts.plan_noise_texture(r) for r in _rngs("noise_texture", 2000)]
+    assert abs(np.mean([t is not None for t in tex]) - 0.5) < 0.04
+
+
+def test_pathology_rates():
+    ages = [pathology.draw_age(r) for r in _rngs("age", 400)]
+    assert 55 <= min(ages) and max(ages) <= 90
+    # macro-haemorrhage 4 %, cavernoma 4 %: 1500 draws, SE ≈ 0.005
+    macro = [pathology.plan_macro(r, None) for r in _rngs("macro", 1500)]
+    kinds = [{d.kind for d in m} for m in macro]
+    assert abs(np.mean(["macro_haemorrhage" in k for k in kinds]) - 0.04) < 0.02
+    assert abs(np.mean(["cavernoma" in k for k in kinds]) - 0.04) < 0.02
+    # siderosis: 25 % of lobar-only subjects, 4 % of the others
+    lob = [bool(vessels.plan_siderosis(r, True, None)) for r in _rngs("siderosis", 600)]
+    other = [bool(vessels.plan_siderosis(r, False, None)) for r in _rngs("siderosis", 600)]
+    assert abs(np.mean(lob) - 0.25) < 0.06 and np.mean(other) < 0.08
+    # lacunes grow with the WMH burden: none at burden 0, about 2 at burden 1 (capped at 5)
+    assert all(not pathology.plan_lacunes(r, 0.0, None) for r in _rngs("lacunes", 50))
+    n = [len(pathology.plan_lacunes(r, 1.0, None)) for r in _rngs("lacunes", 300)]
+    assert 1.6 < np.mean(n) < 2.4 and max(n) <= 5
+
+
+def test_vein_density_by_sequence():
+    # SWI shows veins by the hundred, 2D T2*-GRE fewer (VEIN_COUNTS), all inside the brain
+    swi = vessels.plan_veins_v2(
+        component_rng("2.0", 0, "sub-0001", "veins"), "SWI", (0.5, 0.9), None
+    )
+    gre = vessels.plan_veins_v2(
+        component_rng("2.0", 0, "sub-0001", "veins"), "T2*-GRE 2D", (0.3, 0.7), None
+    )
+    assert len(swi) >= 150 and 50 <= len(gre) <= 130
+    assert {v.kind for v in swi} == {"medullary", "cortical"}
+    inside = vessels._inside(np.concatenate([v.points for v in swi]), None)
+    assert inside.all()
+    flow = vessels.plan_flow_voids(component_rng("2.0", 0, "sub-0001", "flow_voids"), None)
+    assert {v.kind.split(":")[1].rsplit("_", 1)[0] for v in flow} >= {"internal_carotid"}
+
+
+def test_tube_rendering_profile():
+    # a straight tube of radius 0.7 (w = 1.0 mm) and loss 0.8: the voxel on its centre line
+    # keeps 1 - 0.8 = 0.2, one 1 mm away keeps 1 - 0.8 exp(-1/2) = 0.515
+    from cmbbench.datasets.synthetic.anatomy import load_anatomy
+    from cmbbench.datasets.synthetic.mimics import Vein
+
+    anat = load_anatomy()
+    c = anat.affine[:3, :3] @ (np.asarray(anat.shape) // 2) + anat.affine[:3, 3]
+    pts = c + np.arange(-10, 10.5, 0.5)[:, None] * np.array([0.0, 0.0, 1.0])
+    att = vessels.render_tubes([Vein(pts, 0.7, 0.8, "cortical")])
+    i, j, k = np.asarray(anat.shape) // 2
+    assert att[i, j, k] == pytest.approx(0.2, abs=1e-5)
+    assert att[i + 1, j, k] == pytest.approx(1 - 0.8 * np.exp(-0.5), abs=1e-5)
+    assert att[i + 5, j, k] == 1.0
+
+
+def test_warp_inverse_and_grid_agree():
+    from cmbbench.datasets.synthetic.warp import MAX_GRADIENT, random_warp
+
+    w = random_warp(
+        np.random.default_rng(3), np.array([-80.0, -110, -70]), np.array([80.0, 80, 90])
+    )
+    pts = np.random.default_rng(4).uniform(-60, 60, size=(50, 3))
+    back = w.inverse(pts)
+    assert np.abs(back + w.displacement(back) - pts).max() < 1e-3
+    assert 1.0 <= w.rms_mm <= 3.0 and w.max_mm < 15.0
+    axes = (np.arange(-60, 60, 7.0), np.arange(-50, 50, 9.0), np.arange(-40, 40, 11.0))
+    grid = w.on_grid(axes)
+    g = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    assert np.allclose(grid.reshape(3, -1).T, w.displacement(g), atol=1e-4)
+    assert MAX_GRADIENT < 1.0
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return generate_subject(SubjectSpec("sub-0003", 0, "t2s2d_3t_1x1x3", "tiny"))
+
+
+def test_v2_subject_records_every_element(subject):
+    meta = subject.meta
+    assert meta["generator_version"] == "2.0"
+    assert meta["elements"] == list(ELEMENTS)
+    assert 55 <= meta["age"] <= 90 and 0 <= meta["atrophy"] <= 1
+    assert isinstance(meta["artefacts"], list)
+    types = {m["type"] for m in meta["mimics"]}
+    assert {"vein", "flow_void", "air_bone"} <= types
+    assert all("centre_mm" in m for m in meta["mimics"])
+    # every labelled CMB has the raters' agreement (1 or 0.5), also in lesion_attrs
+    for c in meta["cmbs"]:
+        if not c["ignore"]:
+            assert c["agreement"] in (0.5, 1.0)
+            assert meta["lesion_attrs"][c["id"]]["agreement"] == c["agreement"]
+    # mimic voxels are never labelled voxels of a CMB's centre
+    assert set(np.unique(subject.mimics)) <= set(MIMIC_CODES.values()) | {0}
+
+
+def test_ablation_changes_only_its_element(subject):
+    spec = subject.spec
+    no_motion = generate_subject(
+        SubjectSpec(spec.subject_id, 0, spec.protocol, "tiny", without=("motion", "noise_texture"))
+    )
+    # the artefacts draw from their own streams: labels, mimics and plans are unchanged
+    assert np.array_equal(no_motion.label, subject.label)
+    assert np.array_equal(no_motion.mimics, subject.mimics)
+    assert no_motion.meta["cmbs"] == subject.meta["cmbs"]
+    assert "motion" not in no_motion.meta["elements"]
+    assert no_motion.meta["artefacts"] == []
+    assert no_motion.spec.fingerprint()["without"] == ["motion", "noise_texture"]
+    assert "without" not in subject.spec.fingerprint()
+
+
+def test_check_without():
+    assert check_without("veins, motion") == ("motion", "veins")
+    assert check_without(None) == ()
+    with pytest.raises(UnknownNameError, match="known generator elements"):
+        check_without("velociraptors")
+
+
+def test_detectable_delta_f1_shrinks_with_the_split():
+    # the same per-case counts repeated 4 times: the SE (and the detectable gap) about halves
+    small = [0, 1, 1, 3, 0, 2, 8, 1, 0, 1, 1, 4, 0, 5]
+    d_small = detectable_delta_f1(small)
+    d_big = detectable_delta_f1(small * 4)
+    assert 0.1 < d_small < 0.3
+    assert d_big == pytest.approx(d_small / 2, rel=0.25)
+    with pytest.raises(InputError, match="at least one labelled CMB"):
+        detectable_delta_f1([0, 0])
+
+
+def test_agreement_labels(tmp_path):
+    import cmbbench
+
+    ds = cmbbench.load_dataset(
+        "synthetic", preset="tiny", n=3, labels="agreement", cache_dir=tmp_path, progress=False
+    )
+    assert ds.info.label_kind == "agreement" and ds.options["labels"] == "agreement"
+    inst = cmbbench.load_dataset(
+        "synthetic", preset="tiny", n=3, cache_dir=tmp_path, progress=False
+    )
+    for case, plain in zip(ds, inst, strict=True):
+        # the same voxels, each CMB's holding the raters' share from the sidecar
+        assert np.array_equal(case.label > 0, plain.label > 0)
+        for lid, attrs in plain.meta["lesion_attrs"].items():
+            assert set(np.unique(case.label[plain.label == lid])) == {attrs["agreement"]}
+    with pytest.raises(InputError, match="needs the simulated raters"):
+        cmbbench.load_dataset("synthetic", preset="tiny", version="1.1", labels="agreement")

@@ -47,10 +47,12 @@ the default ``overlap`` rule and the engine's candidate lists need voxels.)
 
 **Budget**: stage 2 trains for the run recipe's ``steps`` (``tiny`` 8, ``quick`` 800,
 ``full`` 20000; ``--steps`` or the model keyword ``steps`` override it) Adam steps of
-``batch_size`` 64 patches. ``quick`` is therefore 800 × 64 patches of 16×16×8 voxels, on the
-LoG candidates of the quick preset's 67 training scans (stage 1 costs about 0.4-0.7 s per scan
-on two CPU cores). The network runs channels-last on the CPU, and on a GPU when the run's
-device is one (the engine's device choice, :func:`cmbbench.engine.environment.resolve_device`).
+``batch_size`` 64 patches. ``quick`` is therefore 800 × 64 patches of 16×16×8 voxels drawn
+from the LoG candidates of the quick preset's 67 training scans; measured on two shared CPU
+cores a whole ``cmbbench run --model two_stage --preset quick`` took 136-200 s (stage 1 about
+0.7-0.8 s per scan, 0.08-0.12 s per training step, inference 0.4-1.8 s per scan). The network
+runs channels-last on the CPU, and on a GPU when the run's device is one (the engine's device
+choice, :func:`cmbbench.engine.environment.resolve_device`).
 
 **Recorded** (``config()``, i.e. the run record's ``training.fitted``): the settings, the
 operating threshold, the stage-2 weights (float32, base64, about 145 kB, so that

@@ -5,6 +5,6 @@ it finds a third party's models; importing it registers every baseline. No modul
 imports torch at import time (only creating a network does).
 """
 
-from cmbbench_baselines import classical, resenc, smp, two_stage, unet3d
+from cmbbench_baselines import classical, nnunet, resenc, smp, two_stage, unet3d
 
-__all__ = ["classical", "resenc", "smp", "two_stage", "unet3d"]
+__all__ = ["classical", "nnunet", "resenc", "smp", "two_stage", "unet3d"]

@@ -95,7 +95,8 @@ def network_predictor(
 
 def detector_output(det: Any, name: str, case: Case) -> CasePrediction:
     """``det.predict(case)`` checked and unpacked: the map (X, Y, Z) or world-mm points (N, 3),
-    the operating threshold (``Prediction.meta["threshold"]``, default 0.5), point scores."""
+    the operating threshold (``Prediction.meta["threshold"]``, default 0.5), point scores and
+    the candidates' map (``Prediction.meta["raw"]``, default the probability map itself)."""
     from cmbbench.models.detector import Prediction
 
     pred = det.predict(case)
@@ -108,12 +109,21 @@ def detector_output(det: Any, name: str, case: Case) -> CasePrediction:
             f"model {name!r}, case {case.case_id!r}: prediction shape "
             f"{tuple(pred.array.shape)} does not match the image {tuple(case.shape)}"
         )
-    threshold = float((pred.meta or {}).get("threshold", 0.5))
+    meta = pred.meta or {}
+    threshold = float(meta.get("threshold", 0.5))
     if pred.kind == "points":
         return CasePrediction(pred.array, threshold, pred.scores)
     arr = np.asarray(pred.array)
-    # a probability map holds the detector's candidates below its threshold too
+    # a probability map holds the detector's candidates below its threshold too; a detector
+    # that post-processes its map gives the map before it as meta["raw"] (X, Y, Z)
     raw = arr if pred.kind == "prob" and np.issubdtype(arr.dtype, np.floating) else None
+    if meta.get("raw") is not None:
+        raw = np.asarray(meta["raw"], np.float32)
+        if raw.shape != arr.shape:
+            raise CmbbenchError(
+                f"model {name!r}, case {case.case_id!r}: meta['raw'] shape {raw.shape} does "
+                f"not match the prediction {arr.shape}"
+            )
     return CasePrediction(arr, threshold, raw=raw)
 
 

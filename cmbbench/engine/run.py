@@ -227,7 +227,9 @@ def fit_and_score(
             built, recipe, data, run_dir, evaluator, dev, ctx, resume, progress
         )
     else:
-        outcome = _detector_stages(built, recipe, data, run_dir, evaluator, dev, ctx, progress)
+        outcome = _detector_stages(
+            built, recipe, data, run_dir, evaluator, dev, ctx, progress, setup.preset
+        )
     timings.update(outcome.timings)
     if not ctx.is_main:
         return None
@@ -360,14 +362,18 @@ def _network_stages(
     )
 
 
-def _detector_stages(built, recipe, data, run_dir, evaluator, dev, ctx, progress) -> _Outcome:
-    """fit (on train/val) -> predict + score the test split, for a detector."""
+def _detector_stages(
+    built, recipe, data, run_dir, evaluator, dev, ctx, progress, preset=None
+) -> _Outcome:
+    """fit (on train/val) -> predict + score the test split, for a detector (``preset``: the
+    recipe preset's name, given to its ``fit`` as ``config["preset"]``)."""
     from cmbbench.engine.predictor import detector_predictor, predict_and_score
     from cmbbench.engine.stages import fit_detector
 
     fit = fit_detector(
-        built, recipe, data, run_dir, device=dev, evaluator=evaluator, progress=progress
-    )
+        built, recipe, data, run_dir, device=dev, evaluator=evaluator, progress=progress,
+        preset=preset,
+    )  # fmt: skip
     predictor = detector_predictor(fit.det, built.name)
     scored = predict_and_score(predictor, list(data.test), evaluator, ctx=ctx, progress=progress)
     timings = {"train_seconds": fit.seconds, **_inference_timings(scored, len(data.test))}

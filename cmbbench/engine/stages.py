@@ -295,13 +295,16 @@ def fit_detector(
     device: Any,
     evaluator: Evaluator,
     progress: ProgressFn | None = None,
+    preset: str | None = None,
 ) -> DetectorFit:
-    """``det.fit(train, val, config)``; ``config`` gives the recipe, seed, device, run folder,
-    the dataset's evaluator (and its rule and parameters) and the progress callback. The
-    detector's optional ``config()`` (fitted settings) must be JSON-able."""
+    """``det.fit(train, val, config)``; ``config`` gives the recipe (and the name of its
+    ``preset``, ``None`` when unknown), seed, device, run folder, the dataset's evaluator (and
+    its rule and parameters) and the progress callback. The detector's optional ``config()``
+    (fitted settings) must be JSON-able."""
     det = built.model
     config = {
         "recipe": recipe.to_dict(),
+        "preset": preset,
         "seed": recipe.seed,
         "device": str(device),
         "out_dir": str(run_dir),

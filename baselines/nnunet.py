@@ -350,7 +350,8 @@ def write_split(folders: NnunetFolders, train_ids: Sequence[str], val_ids: Seque
 @dataclass(frozen=True)
 class TrainingOutcome:
     """What :func:`train_fold` did: the budget the trainer ran (epochs × iterations, the
-    plans' patch size in voxels of the preprocessed grid, batch size), the epoch it resumed
+    plans' patch size in voxels and target spacing in mm, both in nnU-Net's axis order: the
+    reader's (Z, Y, X) permuted by ``transpose_forward``; batch size), the epoch it resumed
     from (``None``: a fresh start; the final epoch count when it was already trained) and
     its seconds."""
 
@@ -360,6 +361,8 @@ class TrainingOutcome:
     val_iterations_per_epoch: int
     patch_size: list[int]
     batch_size: int
+    spacing: list[float]
+    transpose_forward: list[int]
     resumed_from_epoch: int | None
     already_trained: bool
     seconds: float
@@ -429,6 +432,8 @@ def train_fold(
         val_iterations_per_epoch=int(trainer.num_val_iterations_per_epoch),
         patch_size=[int(v) for v in config["patch_size"]],
         batch_size=int(config["batch_size"]),
+        spacing=[float(v) for v in config["spacing"]],
+        transpose_forward=[int(v) for v in plans.get("transpose_forward", [0, 1, 2])],
         resumed_from_epoch=resumed_from,
         already_trained=already,
         seconds=time.perf_counter() - t0,
@@ -436,15 +441,18 @@ def train_fold(
 
 
 # ----------------------------------------------------------------------------- prediction
-def check_results_dir(path: str | os.PathLike[str]) -> tuple[Path, list[int | str]]:
+def check_results_dir(
+    path: str | os.PathLike[str], checkpoint: str = "checkpoint_final.pth"
+) -> tuple[Path, list[int | str]]:
     """A trained nnU-Net model folder (``plans.json``, ``dataset.json``,
-    ``fold_*/checkpoint_final.pth``) and its folds; a :class:`CmbbenchError` saying what is
-    missing (and which model folders lie below a folder given one level too high)."""
+    ``fold_*/<checkpoint>``) and its folds (every one holding ``checkpoint``; nnU-Net's
+    predictor ensembles them); a :class:`CmbbenchError` saying what is missing (and which
+    model folders lie below a folder given one level too high)."""
     p = Path(path).expanduser()
     layout = (
         "expected nnU-Net's training output folder, e.g. "
         "nnUNet_results/Dataset501_CMB/nnUNetTrainer__nnUNetPlans__3d_fullres, holding "
-        "plans.json, dataset.json and fold_<k>/checkpoint_final.pth"
+        f"plans.json, dataset.json and fold_<k>/{checkpoint}"
     )
     if not p.is_dir():
         raise CmbbenchError(f"nnunet results_dir {p} is not a folder ({layout})")
@@ -458,12 +466,12 @@ def check_results_dir(path: str | os.PathLike[str]) -> tuple[Path, list[int | st
         )
     folds: list[int | str] = []
     for q in sorted(p.glob("fold_*")):
-        if (q / "checkpoint_final.pth").is_file():
+        if (q / checkpoint).is_file():
             tail = q.name[len("fold_") :]
             folds.append(int(tail) if tail.isdigit() else tail)
     if not folds:
         raise CmbbenchError(
-            f"nnunet results_dir {p} has no fold_<k>/checkpoint_final.pth (training not "
+            f"nnunet results_dir {p} has no fold_<k>/{checkpoint} (training not "
             f"finished?) ({layout})"
         )
     spec = json.loads((p / "dataset.json").read_text(encoding="utf-8"))
@@ -564,14 +572,14 @@ class NnunetDetector:
         if int(num_processes) < 1:
             raise CmbbenchError(f"nnunet: num_processes must be >= 1, got {num_processes}")
         self.trainer = trainer
+        self.checkpoint = checkpoint
         self.results_dir = None if results_dir is None else str(results_dir)
-        if self.results_dir is not None:
-            check_results_dir(self.results_dir)  # a wrong folder fails before any data is read
+        if self.results_dir is not None:  # a wrong folder fails before any data is read
+            check_results_dir(self.results_dir, checkpoint)
         self.use_mirroring = use_mirroring
         self.tile_step_size = None if tile_step_size is None else float(tile_step_size)
         self.num_processes = int(num_processes)
         self.dataset_id = int(dataset_id)
-        self.checkpoint = checkpoint
         self.fitted: dict[str, Any] = {}
         self._predictor: Any = None
         self._pp: Any = None  # cmbbench.engine.postprocess.PostprocessParams
@@ -599,7 +607,7 @@ class NnunetDetector:
         }
         timings: dict[str, float] = {}
         if self.results_dir is not None:
-            model_dir, folds = check_results_dir(self.results_dir)
+            model_dir, folds = check_results_dir(self.results_dir, self.checkpoint)
             fitted.update({"source": "results_dir", "model_dir": str(model_dir.resolve())})
             fitted["folds"] = folds
             shim_root = Path(config.get("out_dir", ".")) / "nnunet"

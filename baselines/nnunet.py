@@ -11,11 +11,14 @@ pipeline on the run's data and nothing of cmbbench's network engine:
    cases are the run's validation split, so nnU-Net never trains on a validation case;
 2. **fingerprint, planning, preprocessing**: nnU-Net's Python API
    (:mod:`nnunetv2.experiment_planning.plan_and_preprocess_api`) with its default planner
-   (``ExperimentPlanner``, plans ``nnUNetPlans``), for ``3d_fullres`` only;
+   (``ExperimentPlanner``), for ``3d_fullres`` only: for its default 8 GB of GPU memory
+   (plans ``nnUNetPlans``) under ``full``, for 0.25 GB (``nnUNetPlans_cmbbenchCPU``, a
+   smaller patch planned by the same rules) under ``quick`` and ``tiny``;
 3. **training**: ``3d_fullres``, fold 0, with a named trainer per recipe preset
    (:data:`BUDGETS`): nnU-Net's standard ``nnUNetTrainer`` (1000 epochs × 250 iterations)
-   under ``full``, ``nnUNetTrainer_cmbbenchQuick`` under ``quick`` and
-   ``nnUNetTrainer_cmbbenchTiny`` under ``tiny`` (:mod:`cmbbench_baselines.nnunet_trainers`);
+   under ``full``, ``nnUNetTrainer_cmbbenchQuick`` (10 epochs × 20 iterations) under
+   ``quick`` and ``nnUNetTrainer_cmbbenchTiny`` (2 × 2) under ``tiny``
+   (:mod:`cmbbench_baselines.nnunet_trainers`);
    the trainer class is instantiated directly, exactly as nnU-Net's ``run_training`` does,
    and a run interrupted inside training continues from nnU-Net's own
    ``checkpoint_latest.pth`` when ``fit`` is called again on the same run directory;
@@ -542,13 +545,14 @@ class NnunetDetector:
 
     ``trainer``: a trainer class name (cmbbench's or any of nnU-Net's); default the recipe
     preset's (:data:`BUDGETS`). ``gpu_memory_target_gb``: the memory nnU-Net's planner sizes
-    the patch for (default the preset's). ``results_dir``: an existing nnU-Net model folder to predict
-    with instead of training. ``use_mirroring``: nnU-Net's test-time mirroring (default: on
-    for ``full``, off for ``quick``/``tiny``, where it would multiply the CPU inference time by
-    eight). ``tile_step_size``: sliding-window step, a fraction of the patch (default:
-    nnU-Net's 0.5 for ``full``; 1.0, windows that do not overlap, for ``quick``/``tiny``,
-    about 4× fewer windows on CPU). ``num_processes``:
-    nnU-Net's preprocessing workers. ``dataset_id``: the nnU-Net dataset id of the export.
+    the patch for (default the preset's). ``results_dir``: an existing nnU-Net model folder
+    to predict with instead of training. ``use_mirroring``: nnU-Net's test-time mirroring
+    (default: on for ``full``, off for ``quick``/``tiny``, where it would multiply the CPU
+    inference time by eight). ``tile_step_size``: sliding-window step, a fraction of the
+    patch (default: nnU-Net's 0.5 for ``full``; 1.0, windows that do not overlap, for
+    ``quick``/``tiny``: about 4× fewer windows on CPU). ``num_processes``: nnU-Net's
+    preprocessing workers. ``dataset_id``: the nnU-Net dataset id of the export.
+    ``checkpoint``: the checkpoint file predicted with.
     """
 
     def __init__(

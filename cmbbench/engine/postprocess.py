@@ -20,7 +20,7 @@ import numpy as np
 
 from cmbbench.cases import Case
 from cmbbench.errors import CmbbenchError, InputError
-from cmbbench.scoring.components import label_volume
+from cmbbench.scoring.components import label_mask, label_volume
 from cmbbench.scoring.evaluator import Evaluator
 from cmbbench.scoring.rates import detection_rates
 
@@ -106,12 +106,20 @@ def postprocess_grid(
     ``probs[i]`` is the probability map (X, Y, Z) of ``cases[i]`` (labelled cases). Each
     cleaned prediction (a mask of the kept components) is scored by ``evaluator`` (the
     dataset's; default: the overlap rule) against the case's label, affine and ignore mask.
+
+    The components of each threshold are labelled once per case from the foreground voxels
+    only, and a grid point whose kept voxels are exactly those of one already scored on the
+    same case (a minimum size that removes nothing more, thresholds with the same
+    components) reuses that score: the counts are those of scoring every pair on its own
+    (:func:`case_grid_counts`).
     """
     evaluator = evaluator or Evaluator()
     if len(probs) != len(cases):
         raise CmbbenchError(f"got {len(probs)} probability maps for {len(cases)} cases")
     if not thresholds or not min_sizes:
         raise CmbbenchError("tune_postprocess needs at least one threshold and one min_size")
+    if connectivity not in (6, 18, 26):
+        raise CmbbenchError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     counts = {(float(t), int(m)): [0, 0, 0] for t in thresholds for m in min_sizes}
     for prob, case in zip(probs, cases, strict=True):
         prob = _check_prob(prob, case.case_id)
@@ -122,18 +130,54 @@ def postprocess_grid(
             )
         if case.label is None:
             raise InputError("post-processing is tuned on labelled cases only", case=case.case_id)
-        for t in thresholds:
-            labels, sizes = _components(prob, float(t), connectivity)
-            for m in min_sizes:
-                keep = sizes >= max(int(m), 1)
-                keep[0] = False
-                mask = keep[labels].astype(np.uint8)
-                res = evaluator.evaluate(mask, case, pred_kind="mask", connectivity=connectivity)
-                c = counts[(float(t), int(m))]
-                c[0] += res.tp
-                c[1] += res.fp
-                c[2] += res.fn
+        per_case = case_grid_counts(prob, case, thresholds, min_sizes, evaluator, connectivity)
+        for key, (tp, fp, fn) in per_case.items():
+            c = counts[key]
+            c[0] += tp
+            c[1] += fp
+            c[2] += fn
     return [GridPoint(t, m, *c) for (t, m), c in counts.items()]
+
+
+def kept_voxels(
+    prob: np.ndarray, threshold: float, min_sizes: Sequence[int], connectivity: Connectivity
+) -> list[np.ndarray]:
+    """For each of ``min_sizes``: the sorted C-order flat indices (int64) of the voxels of
+    ``prob >= threshold`` (X, Y, Z) in components of at least that many voxels (a minimum
+    below 1 counts as 1), i.e. exactly the non-zero voxels of :func:`clean_probability`."""
+    comps = label_mask(prob >= threshold, connectivity)
+    kept = []
+    for m in min_sizes:
+        keep = comps.sizes >= max(int(m), 1)
+        kept.append(comps.flat if keep.all() else comps.flat[keep[comps.label]])
+    return kept
+
+
+def case_grid_counts(
+    prob: np.ndarray,
+    case: Case,
+    thresholds: Sequence[float],
+    min_sizes: Sequence[int],
+    evaluator: Evaluator,
+    connectivity: Connectivity = 26,
+) -> dict[tuple[float, int], tuple[int, int, int]]:
+    """``{(threshold, min_size): (tp, fp, fn)}`` of one labelled case: each pair's cleaned
+    mask (uint8 (X, Y, Z), 1 on the kept components) scored by ``evaluator``; a mask equal
+    to one already scored (the same kept voxels) takes that score instead of a new one."""
+    shape = prob.shape
+    scored: dict[bytes, tuple[int, int, int]] = {}
+    out: dict[tuple[float, int], tuple[int, int, int]] = {}
+    for t in thresholds:
+        kept = kept_voxels(prob, float(t), min_sizes, connectivity)
+        for m, flat in zip(min_sizes, kept, strict=True):
+            key = flat.tobytes()
+            if key not in scored:
+                mask = np.zeros(shape, dtype=np.uint8)
+                mask.reshape(-1)[flat] = 1
+                res = evaluator.evaluate(mask, case, pred_kind="mask", connectivity=connectivity)
+                scored[key] = (res.tp, res.fp, res.fn)
+            out[(float(t), int(m))] = scored[key]
+    return out
 
 
 def one_lesion_less(g: GridPoint) -> float:

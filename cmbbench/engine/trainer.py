@@ -39,6 +39,7 @@ from cmbbench.engine.distributed import (
     unwrap_model,
     wrap_model,
 )
+from cmbbench.engine.environment import prime_vector_math
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, make_loader
@@ -353,8 +354,11 @@ def train(
     kept in ``best.pt`` (without ``validate`` the last weights are the best). ``stop_after``
     ends the loop early after that many steps (simulates an interruption; tests).
     ``write_logs``: rank 0 writes the training logs under ``out_dir``
-    (:mod:`cmbbench.engine.training_log`; a resumed run continues them).
+    (:mod:`cmbbench.engine.training_log`; a resumed run continues them). The CPU's vector
+    math is primed first (:func:`cmbbench.engine.environment.prime_vector_math`; ELU's
+    ``expm1``, values unchanged).
     """
+    prime_vector_math()
     ctx = dist_ctx or DistContext(device=device)
     ckpt_dir = Path(out_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST

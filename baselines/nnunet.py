@@ -229,7 +229,8 @@ def nnunet_environment(
         "nnUNet_extTrainer": str(folders.trainers),
         **dict(extra or {}),
     }
-    folders.root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        folders.root.mkdir(parents=True, exist_ok=True)
     with environment_variables(values), stdout_to(folders.root / LOG_FILE):
         try:
             yield folders
@@ -241,9 +242,14 @@ def nnunet_environment(
 def stdout_to(path: Path) -> Iterator[None]:
     """Append everything written to standard output inside the block to ``path``: Python's
     ``sys.stdout`` and file descriptor 1, which the worker processes nnU-Net spawns inherit
-    (they print the details of its dataset check); both are restored afterwards."""
+    (they print the details of its dataset check); both are restored afterwards. Where
+    ``path`` cannot be written (a read-only run folder) the output is discarded."""
     sys.stdout.flush()
-    with open(path, "a", encoding="utf-8") as out:
+    try:
+        out = open(path, "a", encoding="utf-8", buffering=1)  # lines in order with children
+    except OSError:
+        out = open(os.devnull, "w", encoding="utf-8")
+    with out:
         saved = os.dup(1)
         try:
             os.dup2(out.fileno(), 1)
@@ -699,7 +705,6 @@ class NnunetDetector:
         else:
             state = dict(want)
         write_trainer_shim(folders.trainers)
-        # CPU: nnU-Net's data augmentation in the main process (no worker processes)
         with nnunet_environment(folders):
             if not state.get("exported"):
                 t0 = time.perf_counter()

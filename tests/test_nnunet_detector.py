@@ -70,6 +70,19 @@ def test_environment_variables_are_restored(monkeypatch: pytest.MonkeyPatch) -> 
     assert "nnUNet_results" not in os.environ
 
 
+def test_nnunet_output_goes_to_the_log_and_an_unwritable_log_is_no_error(tmp_path: Path) -> None:
+    from cmbbench_baselines.nnunet import stdout_to
+
+    log = tmp_path / "nnunet.log"
+    with stdout_to(log):
+        print("from python")
+        subprocess.run(["echo", "from a child process"], check=True)  # inherits fd 1
+    assert log.read_text().splitlines() == ["from python", "from a child process"]
+    with stdout_to(tmp_path / "missing" / "nnunet.log"):  # the folder does not exist
+        print("discarded")
+    assert not (tmp_path / "missing").exists()
+
+
 def test_a_bad_results_dir_fails_with_the_expected_layout(tmp_path: Path) -> None:
     with pytest.raises(CmbbenchError, match="not a folder"):
         NnunetDetector(results_dir=tmp_path / "missing")

@@ -11,8 +11,8 @@ their own data), built from cmbbench's parts:
    permissive candidate floor: response >= ``stage1_floor`` (default 0.5, in the
    scale-normalised z units of the response; a fitted ``classical_log`` threshold is about
    5), none of its shape filters, the ``max_candidates`` strongest maxima per case (default
-   200) less the duplicates inside a stronger candidate's blob (about 105 per scan remain on
-   the ``quick`` preset). Any other registered *detector* may be named instead
+   200) less the duplicates inside a stronger candidate's blob (about 105-110 per scan
+   remain on the ``quick`` preset). Any other registered *detector* may be named instead
    (``stage1="my_detector"``, its factory keywords in ``stage1_kwargs``): it is fitted on the
    same splits first, and its candidates are the 26-connected components of its probability
    map (or mask) at ``stage1_floor`` (default 0.01, the engine's candidate floor), each
@@ -48,11 +48,12 @@ the default ``overlap`` rule and the engine's candidate lists need voxels.)
 **Budget**: stage 2 trains for the run recipe's ``steps`` (``tiny`` 8, ``quick`` 800,
 ``full`` 20000; ``--steps`` or the model keyword ``steps`` override it) Adam steps of
 ``batch_size`` 64 patches. ``quick`` is therefore 800 × 64 patches of 16×16×8 voxels drawn
-from the LoG candidates of the quick preset's 67 training scans; measured on two shared CPU
-cores a whole ``cmbbench run --model two_stage --preset quick`` took 136-200 s (stage 1 about
-0.7-0.8 s per scan, 0.08-0.12 s per training step, inference 0.4-1.8 s per scan). The network
-runs channels-last on the CPU, and on a GPU when the run's device is one (the engine's device
-choice, :func:`cmbbench.engine.environment.resolve_device`).
+from the LoG candidates of the quick preset's training scans; measured on two shared CPU
+cores a whole ``cmbbench run --model two_stage --preset quick`` took 136-200 s on synthetic
+v1.1 (67 training scans) and 280 s on v2.0 (102): stage 1 about 0.7-0.8 s per scan,
+0.08-0.13 s per training step, inference 0.4-1.8 s per scan. The network runs channels-last
+on the CPU, and on a GPU when the run's device is one (the engine's device choice,
+:func:`cmbbench.engine.environment.resolve_device`).
 
 **Recorded** (``config()``, i.e. the run record's ``training.fitted``): the settings, the
 operating threshold, the stage-2 weights (float32, base64, about 145 kB, so that

@@ -72,12 +72,15 @@ def test_runs_times_datasets_give_a_result_per_pair_and_the_matrix(tmp_path):
         "run1__engine-cubes-test.json",
     ]
     md = (tmp_path / "x" / "matrix.md").read_text()
-    assert "| run | engine-cubes test | engine-cubes-dim test |" in md
+    # columns name the target version (and its cohorts, when the cases record one or two)
+    assert (
+        "| run | engine-cubes vtest-1 test [cubes] | engine-cubes-dim vtest-1 test [cubes] |" in md
+    )
     rows = list(csv.DictReader(io.StringIO((tmp_path / "x" / "matrix.csv").read_text())))
     assert len(rows) == 4
     # the runs' own dataset is marked, and its cell is the run's own test result
     own = [row for row in rows if row["own_dataset"] == "1"]
-    assert {row["target"] for row in own} == {"engine-cubes test"}
+    assert {row["target"] for row in own} == {"engine-cubes vtest-1 test [cubes]"}
     from cmbbench.engine.record import load_run_record
     from cmbbench.scoring.records import load_results
 

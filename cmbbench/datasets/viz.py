@@ -137,6 +137,28 @@ def cmb_sites(case: Case, *, connectivity: int = 26) -> list[tuple[np.ndarray, i
     return sites
 
 
+def _artefact_note(case: Case) -> str:
+    """One line naming the scan-wide artefacts of ``meta['artefacts']`` (synthetic v2), e.g.
+    ``"artefacts: motion (ghosts on 12% of lines), noise_texture (g-factor 1.31)"``."""
+    parts = []
+    for rec in case.meta.get("artefacts") or []:
+        if not isinstance(rec, dict):
+            continue
+        kind = str(rec.get("type", "artefact"))
+        if kind == "motion":
+            bits = []
+            if rec.get("ghost_fraction") is not None:
+                bits.append(f"ghosts on {rec['ghost_fraction']:.0%} of lines")
+            if rec.get("ringing_keep") is not None:
+                bits.append(f"ringing, {rec['ringing_keep']:.0%} of k-space")
+            parts.append(f"motion ({', '.join(bits)})")
+        elif kind == "noise_texture":
+            parts.append(f"noise_texture (g-factor {rec.get('g_max', 1.0):.2f})")
+        else:
+            parts.append(kind)
+    return "artefacts: " + ", ".join(parts) if parts else ""
+
+
 def _mimics(case: Case) -> list[tuple[np.ndarray, str]]:
     """(voxel centre, kind) of the mimic records in ``meta['mimics']`` that carry a world centre."""
     recs = case.meta.get("mimics") or []
@@ -228,7 +250,11 @@ def render_case(
         what = "no CMBs" if label is not None else "unlabelled"
     group = case.meta.get("protocol") or case.meta.get("cohort") or ""
     sp = "×".join(f"{v:.2g}" for v in case.spacing)
-    fig.suptitle(f"{case.case_id}  {group}  {sp} mm  — {what}", fontsize=10)
+    scan_notes = _artefact_note(case)
+    fig.suptitle(
+        f"{case.case_id}  {group}  {sp} mm  — {what}" + (f"\n{scan_notes}" if scan_notes else ""),
+        fontsize=10,
+    )
 
     for p, ((centre, half), title) in enumerate(zip(panels, titles, strict=True)):
         k = int(np.clip(round(float(centre[view.ax_s])), 0, shape[view.ax_s] - 1))

@@ -67,9 +67,8 @@ def evaluate_run(
         if root_s is None and trained_on.get("root"):
             root_s = str(trained_on["root"])
     # cases not generated or cached yet are prepared on load: show it
-    cases = list(
-        load_dataset(dataset, root=root_s, split=split, progress=progress or False, **options)
-    )
+    target = load_dataset(dataset, root=root_s, split=split, progress=progress or False, **options)
+    cases = list(target)
     if not cases:
         raise CmbbenchError(f"dataset {dataset!r}: split {split!r} holds no case")
     evaluator = info.evaluator
@@ -90,8 +89,10 @@ def evaluate_run(
             "trained_on": record.dataset,
             "dataset": {
                 "name": info.name,
+                "version": target.version,
                 "split": split,
                 "options": options,
+                "cohorts": sorted({str(c.meta.get("cohort", "")) for c in cases} - {""}),
                 "root": root_s,
                 "n_cases": len(cases),
             },

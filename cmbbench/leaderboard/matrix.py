@@ -29,6 +29,8 @@ class MatrixCell:
     fp_per_scan: float | None
     n_cases: int
     file: str
+    cpm: float | None = None
+    cpm_ci: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,19 +50,38 @@ def _headline(report: ScoreReport, name: str) -> tuple[float | None, Any]:
     return item.get("value"), item.get("ci")
 
 
+def _cohort_text(cohorts: Any) -> str:
+    return f" [{', '.join(cohorts)}]" if cohorts and len(cohorts) <= 2 else ""
+
+
 def row_label(info: dict[str, Any]) -> str:
-    """A source run's row label from an evaluate report's ``info``."""
+    """A source run's row label from an evaluate report's ``info`` (with the cohort / protocol
+    it was trained on, when the run records one or two)."""
     trained = info.get("trained_on") or {}
     return (
         f"{info.get('model')} ({info.get('run')}) trained on {trained.get('name')} "
-        f"v{trained.get('version')}"
+        f"v{trained.get('version')}" + _cohort_text(trained.get("cohorts"))
     )
 
 
 def column_label(info: dict[str, Any]) -> str:
-    """A target's column label from an evaluate report's ``info``."""
+    """A target's column label from an evaluate report's ``info`` (its version and cohort /
+    protocol when the report has them: one column per protocol of a generalisation matrix)."""
     d = info.get("dataset") or {}
-    return f"{d.get('name')} {d.get('split') or 'all'}"
+    version = f" v{d['version']}" if d.get("version") else ""
+    return f"{d.get('name')}{version} {d.get('split') or 'all'}" + _cohort_text(d.get("cohorts"))
+
+
+def _is_home(info: dict[str, Any]) -> bool:
+    """Whether a report scores a run on its own data: the same dataset and, where both sides
+    record them, the same version and cohorts."""
+    trained, target = info.get("trained_on") or {}, info.get("dataset") or {}
+    if trained.get("name") != target.get("name"):
+        return False
+    if trained.get("version") and target.get("version") and trained["version"] != target["version"]:
+        return False
+    t_coh, d_coh = trained.get("cohorts"), target.get("cohorts")
+    return not (t_coh and d_coh and sorted(t_coh) != sorted(d_coh))
 
 
 def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatrix:
@@ -78,16 +99,17 @@ def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatr
             columns.append(c)
         f1, ci = _headline(report, "f1_micro")
         fp, _ = _headline(report, "fp_per_scan")
+        cpm, cpm_ci = _headline(report, "cpm")
         cells[(r, c)] = MatrixCell(
             f1,
             tuple(ci) if ci else None,
             fp,
             len(report.cases),
-            file,  # type: ignore[arg-type]
+            file,
+            None if cpm is None or cpm != cpm else cpm,
+            tuple(cpm_ci) if cpm_ci else None,  # type: ignore[arg-type]
         )
-        if (report.info.get("trained_on") or {}).get("name") == (
-            report.info.get("dataset") or {}
-        ).get("name"):
+        if _is_home(report.info):
             home[r] = c
     return CrossDatasetMatrix(sorted(rows), sorted(columns), cells, home)
 
@@ -98,7 +120,11 @@ def _cell_text(cell: MatrixCell | None) -> str:
     f1 = "n/a" if cell.f1 is None else f"{cell.f1:.3f}"
     ci = f" [{cell.f1_ci[0]:.3f}, {cell.f1_ci[1]:.3f}]" if cell.f1_ci else ""
     fp = "n/a" if cell.fp_per_scan is None else f"{cell.fp_per_scan:.2f}"
-    return f"{f1}{ci}, {fp} FP/scan (n={cell.n_cases})"
+    cpm = ""
+    if cell.cpm is not None:
+        cpm_ci = f" [{cell.cpm_ci[0]:.3f}, {cell.cpm_ci[1]:.3f}]" if cell.cpm_ci else ""
+        cpm = f", CPM {cell.cpm:.3f}{cpm_ci}"
+    return f"{f1}{ci}, {fp} FP/scan{cpm} (n={cell.n_cases})"
 
 
 def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
@@ -107,8 +133,9 @@ def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
     lines = [
         "# Cross-dataset results",
         "",
-        "Micro F1 [95 % case-bootstrap CI], FP per scan and cases, each target scored with "
-        "its own evaluator; `*` marks a run on the dataset it was trained on.",
+        "Micro F1 [95 % case-bootstrap CI], FP per scan, CPM [95 % CI] (where the run kept "
+        "its candidates) and cases, each target scored with its own evaluator; `*` marks a "
+        "run on the data it was trained on (same dataset, version and cohorts).",
         "",
         "| run | " + " | ".join(m.columns) + " |",
         "|---|" + "---|" * len(m.columns),
@@ -127,7 +154,20 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
-        ["run", "target", "own_dataset", "f1", "f1_lo", "f1_hi", "fp_per_scan", "n_cases", "file"]
+        [
+            "run",
+            "target",
+            "own_dataset",
+            "f1",
+            "f1_lo",
+            "f1_hi",
+            "fp_per_scan",
+            "n_cases",
+            "file",
+            "cpm",
+            "cpm_lo",
+            "cpm_hi",
+        ]
     )
     for r in m.rows:
         for c in m.columns:
@@ -135,6 +175,7 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
             if cell is None:
                 continue
             lo, hi = cell.f1_ci if cell.f1_ci else (None, None)
+            c_lo, c_hi = cell.cpm_ci if cell.cpm_ci else (None, None)
             w.writerow(
                 [
                     r,
@@ -146,6 +187,9 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
                     "" if cell.fp_per_scan is None else f"{cell.fp_per_scan:.6g}",
                     cell.n_cases,
                     cell.file,
+                    "" if cell.cpm is None else f"{cell.cpm:.6g}",
+                    "" if c_lo is None else f"{c_lo:.6g}",
+                    "" if c_hi is None else f"{c_hi:.6g}",
                 ]
             )
     return buf.getvalue()

@@ -32,7 +32,13 @@ from cmbbench.errors import CmbbenchError
 from cmbbench.models.registry import load_plugin, model_info
 
 PLUGIN = str(Path(__file__).with_name("engine_plugin_example.py"))
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+NNUNET_VARS = (
+    "nnUNet_raw",
+    "nnUNet_preprocessed",
+    "nnUNet_results",
+    "nnUNet_extTrainer",
+    "nnUNet_n_proc_DA",
+)
 
 
 def test_registered_and_importing_the_baselines_imports_neither_torch_nor_nnunet() -> None:

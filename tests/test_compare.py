@@ -123,6 +123,20 @@ def test_rule_mismatch_names_both():
         compare([], set_b())
 
 
+def test_each_side_keeps_its_own_operating_threshold():
+    # two models tuned to different thresholds (a detector at 0.5, a network at 0.98) are
+    # still comparable: only the rule and its other parameters must agree
+    a = [make_case(c.case_id, c.n_gt, c.n_pred, c.tp, params={"threshold": 0.5}) for c in set_a()]
+    b = [make_case(c.case_id, c.n_gt, c.n_pred, c.tp, params={"threshold": 0.98}) for c in set_b()]
+    out = compare(a, b, n_bootstrap=50)
+    assert out["thresholds"] == {"a": 0.5, "b": 0.98}
+    assert "threshold" not in out["params"]
+    assert (
+        out["metrics"]["f1_micro"]["diff"]
+        == compare(set_a(), set_b(), n_bootstrap=0)["metrics"]["f1_micro"]["diff"]
+    )
+
+
 def test_cli_compare(tmp_path):
     pa = save_results(set_a(), tmp_path / "a.json")
     pb = save_results(set_b(), tmp_path / "b.json")

@@ -9,7 +9,9 @@ Returned dict (JSON-able; ``None`` = undefined)::
 
     {
       "schema": "cmbbench.compare/1",
-      "rule": str, "params": {...}, "n_cases": int,
+      "rule": str, "params": {...},  # the rule's parameters but the operating threshold
+      "thresholds": {"a": float, "b": float},  # each side's own operating threshold
+      "n_cases": int,
       "bootstrap": {"n_bootstrap", "seed", "ci", "unit": "case", "method": "paired percentile"},
       "metrics": {name: {"a", "b", "diff", "ci": [lo, hi]|None, "p": float|None}, ...},
       "wilcoxon": {"metric", "n", "n_zero", "statistic", "p", "median_diff", "note"},
@@ -31,6 +33,7 @@ from cmbbench.errors import InputError
 from cmbbench.io import dumps
 from cmbbench.scoring.bootstrap import percentile_ci, resample_counts, two_sided_p, validate
 from cmbbench.scoring.records import CaseResult, ScoreReport
+from cmbbench.scoring.rules import rule_key
 from cmbbench.scoring.table import CaseTable, headline_stats, prepare_cases
 
 SCHEMA = "cmbbench.compare/1"
@@ -122,7 +125,9 @@ def compare(
         if ids_b - ids_a:
             parts.append(f"missing from A: {_id_list(ids_b - ids_a)}")
         raise InputError("the two result sets hold different cases; " + "; ".join(parts))
-    if ca[0].rule != cb[0].rule or dumps(ca[0].params) != dumps(cb[0].params):
+    # each side's own operating threshold is its model's choice; the rule and the rest of
+    # its parameters must agree (rules.rule_key, as for aggregating cases)
+    if ca[0].rule != cb[0].rule or dumps(rule_key(ca[0].params)) != dumps(rule_key(cb[0].params)):
         raise InputError(
             "the two result sets were scored differently: "
             f"A used rule {ca[0].rule!r} with {ca[0].params!r}, "
@@ -150,7 +155,8 @@ def compare(
     return {
         "schema": SCHEMA,
         "rule": ca[0].rule,
-        "params": dict(ca[0].params),
+        "params": rule_key(dict(ca[0].params)),
+        "thresholds": {"a": ca[0].params.get("threshold"), "b": cb[0].params.get("threshold")},
         "n_cases": ta.n,
         "bootstrap": {
             "n_bootstrap": int(n_bootstrap),

@@ -57,6 +57,9 @@ class RunData:
             "n_val": len(self.val),
             "n_test": len(self.test),
         }
+        cohorts = sorted({str(c.meta.get("cohort", "")) for c in self.train} - {""})
+        if cohorts:  # what it was trained on (a generalisation matrix's diagonal)
+            block["cohorts"] = cohorts
         if self.split != "test":
             block["train_ids"] = [c.case_id for c in self.train]
             block["val_ids"] = [c.case_id for c in self.val]

@@ -7,7 +7,9 @@ Layout of one dataset folder (the cache folder and ``export_tree`` output are th
     DIR/sub-0001/sub-0001_space-T2S_desc-instance_CMB.nii.gz instance map, uint16 (one id per CMB)
     DIR/sub-0001/sub-0001_space-T2S_desc-ignore_mask.nii.gz  "ignore" CMBs, uint8 0/1
     DIR/sub-0001/sub-0001_space-T2S_desc-mimics_dseg.nii.gz  mimics, uint8 (1 vein, 2 calcification,
-                                                             3 iron focus, 4 air-bone drop-out)
+                                                             3 iron focus, 4 air-bone drop-out; v2: 5 flow
+                                                             void, 6 siderosis, 7 macro-haemorrhage,
+                                                             8 cavernoma, 9 lacune)
     DIR/sub-0001/sub-0001_space-T2S_desc-masked_T2S.json     sidecar: meta + fingerprint
     DIR/sub-0001/sub-0001_space-T2S_desc-masked_T1.nii.gz    optional T1-weighted channel
     DIR/sub-0001/sub-0001_space-T2S_desc-masked_T1.json      its own sidecar (fingerprint)

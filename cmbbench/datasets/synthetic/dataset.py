@@ -226,9 +226,7 @@ def _agreement_arrays(folder: Path, sid: str, extras: tuple[str, ...], weights: 
     return dataclasses.replace(data, label=lut[data.label])
 
 
-def _case(
-    folder: Path, sid: str, extras: tuple[str, ...] = (), labels: str = "instance"
-) -> Case:
+def _case(folder: Path, sid: str, extras: tuple[str, ...] = (), labels: str = "instance") -> Case:
     side = read_sidecar(folder, sid)
     if side is None:
         raise InputError(
@@ -414,7 +412,11 @@ def export_tree(
                 "mask": "sub-XXXX_space-T2S_CMB.nii.gz (uint8 0/1)",
                 "instance": "sub-XXXX_space-T2S_desc-instance_CMB.nii.gz (uint16 CMB ids)",
                 "ignore": "sub-XXXX_space-T2S_desc-ignore_mask.nii.gz (uint8 0/1)",
-                "mimics": "sub-XXXX_space-T2S_desc-mimics_dseg.nii.gz (uint8: 1 vein, 2 calcification, 3 iron focus, 4 air-bone)",
+                "mimics": (
+                    "sub-XXXX_space-T2S_desc-mimics_dseg.nii.gz (uint8: 1 vein, 2 calcification, "
+                    "3 iron focus, 4 air-bone; version 2: 5 flow void, 6 siderosis, "
+                    "7 macro-haemorrhage, 8 cavernoma, 9 lacune)"
+                ),
                 "sidecar": "sub-XXXX_space-T2S_desc-masked_T2S.json",
             },
         },

@@ -444,7 +444,7 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
     b0, te = protocol.field_strength_t, protocol.te_ms
     sim, s_wm, sl, sim_aff, lacune = _tissue(f, plan, protocol)
     if spec.has("veins"):
-        vein_att = vessels.render_tubes(plan.veins)[sl]
+        vein_att = vessels.render_tubes(plan.veins, vessels.bloom_factor(b0, te))[sl]
     else:
         vein_att = render_veins(plan.veins)[sl]
     air = airbone_attenuation(b0, te, tuple(protocol.voxel_mm))[sl]

@@ -46,6 +46,8 @@ class Vein:
     radius_mm: float
     loss: float
     kind: str
+    #: optional per-point multiplier (N,) of ``loss`` along the centre line (generator 2.x)
+    profile: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

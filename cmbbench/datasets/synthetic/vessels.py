@@ -3,8 +3,9 @@ cortical superficial siderosis; all rendered by one rasteriser (:func:`render_tu
 
 - **Veins**: radial medullary veins from the ventricle walls through the white matter (above
   the ventricles they run nearly along z, so thick axial slices show them as dots) and
-  cortical veins along the cortex. Counts per sequence (:data:`VEIN_COUNTS`): by the
-  hundred on SWI, fewer on T2*-GRE; radius 0.2–0.5 mm (medullary) / 0.4–1.2 mm (cortical).
+  cortical veins along the cortex, 35 % of them diving through the slices at 15–60° from
+  B0 (sulcal and bridging veins: ovals and dots on thick slices). Counts per sequence (:data:`VEIN_COUNTS`): by the
+  hundred on SWI, fewer on T2*-GRE; radius 0.3–0.6 mm (medullary) / 0.4–1.0 mm (cortical).
 - **Flow voids**: fast arterial flow (basilar, vertebral, internal carotid, M1, A1, P1) loses
   its signal on gradient echo: near-black tubes of 0.9–1.8 mm radius near the skull base
   (:data:`ARTERIES`, MNI mm, jittered per subject).
@@ -12,7 +13,10 @@ cortical superficial siderosis; all rendered by one rasteriser (:func:`render_tu
   wide and 15–40 mm long, 1–3 bands, in 25 % of lobar-only (amyloid-angiopathy-like)
   subjects and 4 % of the others.
 
-A tube's loss across its centre line is ``loss · exp(−d² / 2w²)``, ``w`` = radius + 0.3 mm.
+A tube's loss across its centre line is ``loss · exp(−d² / 2w²)``, ``w`` = radius + 0.3 mm,
+its loss varying along a vein (:func:`beading`);
+a vein's radius grows with its extravascular blooming, up to :func:`bloom_factor` (2.2× at
+3 T, TE 23 ms) when it runs perpendicular to B0 and not at all along it (:func:`tube_set`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from scipy.spatial import cKDTree
 
 from cmbbench.datasets.synthetic.anatomy import eligible_indices, load_anatomy
 from cmbbench.datasets.synthetic.mimics import BRAIN_CENTRE_MNI, Vein
+from cmbbench.datasets.synthetic.sampling import GAMMA_RAD_PER_S_T
 
 #: (medullary, cortical) vein count ranges per sequence
 VEIN_COUNTS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "SWI": ((120, 220), (60, 120)),
-    "T2*-GRE 3D": ((50, 100), (30, 60)),
-    "T2*-GRE 2D": ((40, 80), (25, 50)),
+    "SWI": ((150, 260), (80, 140)),
+    "T2*-GRE 3D": ((70, 130), (40, 80)),
+    "T2*-GRE 2D": ((60, 120), (40, 80)),
 }
 #: arterial centre lines (MNI mm; x mirrored when bilateral) and radius (mm)
 ARTERIES: dict[str, tuple[tuple[tuple[float, float, float], ...], float, bool]] = {
@@ -139,20 +144,43 @@ def plan_veins_v2(
         if kind == "medullary":
             d = starts - BRAIN_CENTRE_MNI
             lengths = rng.uniform(10.0, 35.0, size=n)
-            radii = rng.uniform(0.2, 0.5, size=n)
+            radii = rng.uniform(0.3, 0.6, size=n)
             wiggle = 0.06
         else:
             d = _tangent(rng, starts)
+            d = d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
+            # 35 % dive through the slices (sulcal and bridging veins) at 15-60 degrees from
+            # B0 (z): ovals and dots on thick slices, blooming with the tilt (tube_set)
+            dive = rng.random(n) < 0.35
+            tilt = np.deg2rad(rng.uniform(15.0, 60.0, size=n))
+            up = rng.choice([-1.0, 1.0], size=n)
+            flat = d.copy()
+            flat[:, 2] = 0.0
+            flat /= np.linalg.norm(flat, axis=1, keepdims=True) + 1e-9
+            dived = np.sin(tilt)[:, None] * flat + (np.cos(tilt) * up)[:, None] * np.eye(3)[2]
+            d = np.where(dive[:, None], dived, d)
             lengths = rng.uniform(15.0, 60.0, size=n)
-            radii = rng.uniform(0.4, 1.2, size=n)
+            radii = rng.uniform(0.4, 1.0, size=n)
             wiggle = 0.12
         losses = rng.uniform(*loss_range, size=n)
         for line, r, loss in zip(
             random_walks(rng, starts, d, lengths, box, wiggle), radii, losses, strict=True
         ):
             if len(line) >= 6:
-                veins.append(Vein(line, float(r), float(loss), kind))
+                veins.append(Vein(line, float(r), float(loss), kind, beading(rng, len(line))))
     return veins
+
+
+def beading(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A vein's loss multiplier (n,) along its centre line (0.5 mm steps): calibre and
+    partial-volume variation with a ~3 mm correlation length, ``clip(0.55 + 0.45 z, 0.1, 1)``
+    for a smoothed unit-variance ``z``, so a small vein shows as a chain of dots and short
+    segments rather than one even tube."""
+    from scipy.ndimage import gaussian_filter1d
+
+    z = gaussian_filter1d(rng.standard_normal(n + 24), 6.0, mode="nearest")[12 : 12 + n]
+    z /= np.std(z) + 1e-9
+    return np.clip(0.55 + 0.45 * z, 0.1, 1.0)
 
 
 def plan_flow_voids(rng: np.random.Generator, box: tuple[float, ...] | None) -> list[Vein]:
@@ -214,17 +242,47 @@ def plan_siderosis(
     ]
 
 
-def tube_set(tubes: list[Vein]) -> TubeSet:
-    """The tubes' centre lines concatenated with their per-point width and loss."""
+#: susceptibility excess of venous blood over tissue (ppm, SI): Hct 0.4 · (1 − Y 0.6) · 3.39
+VENOUS_CHI_PPM = 0.54
+
+
+def bloom_factor(b0_t: float, te_ms: float) -> float:
+    """How much wider than its lumen a vein perpendicular to B0 looks: the radius where the
+    extravascular phase γ·B0·Δχ/2·TE·(a/r)² falls to 1 rad, over the lumen radius ``a``."""
+    phase = GAMMA_RAD_PER_S_T * b0_t * VENOUS_CHI_PPM * 1e-6 / 2.0 * te_ms * 1e-3
+    return float(np.sqrt(max(phase, 1.0)))
+
+
+def tube_set(tubes: list[Vein], bloom: float = 0.0) -> TubeSet:
+    """The tubes' centre lines concatenated with their per-point width and loss.
+
+    Width ``w`` = radius + 0.3 mm, and for ``bloom`` > 0 (veins: :func:`bloom_factor`) the
+    extravascular blooming of a cylinder, which grows with the angle θ between the vessel and
+    B0 (z): ``w = max(radius, bloom · radius · sin θ) + 0.3`` (none along B0, where the field
+    outside a cylinder vanishes)."""
     if not tubes:
         z = np.zeros(0)
         return TubeSet(np.zeros((0, 3)), z.astype(np.int64), z, z)
     pts = np.concatenate([t.points for t in tubes])
     n = [len(t.points) for t in tubes]
     tube = np.repeat(np.arange(len(tubes)), n)
-    width = np.repeat([t.radius_mm + 0.3 for t in tubes], n)
-    loss = np.repeat([t.loss for t in tubes], n)
-    return TubeSet(pts, tube, width, loss)
+    radius = np.repeat([t.radius_mm for t in tubes], n)
+    if bloom > 0:
+        sin_t = np.concatenate([_sin_to_z(t.points) for t in tubes])
+        radius = np.maximum(radius, bloom * radius * sin_t)
+    loss = np.concatenate(
+        [t.loss * (np.ones(len(t.points)) if t.profile is None else t.profile) for t in tubes]
+    )
+    return TubeSet(pts, tube, radius + 0.3, loss)
+
+
+def _sin_to_z(points: np.ndarray) -> np.ndarray:
+    """sin of the angle between the local direction of a centre line (k, 3) and z, per point."""
+    if len(points) < 2:
+        return np.ones(len(points))
+    d = np.gradient(points, axis=0)
+    d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
+    return np.sqrt(np.clip(1.0 - d[:, 2] ** 2, 0.0, 1.0))
 
 
 def _ball(r: int) -> np.ndarray:
@@ -233,13 +291,14 @@ def _ball(r: int) -> np.ndarray:
     return offs[(offs**2).sum(axis=1) <= (r + 0.5) ** 2]
 
 
-def render_tubes(tubes: list[Vein]) -> np.ndarray:
+def render_tubes(tubes: list[Vein], bloom: float = 0.0) -> np.ndarray:
     """Multiplicative attenuation (float32, anatomy-grid shape) of ``tubes``: each voxel within
     2.5 widths of a centre line keeps ``1 − loss · exp(−d² / 2w²)`` of its signal, with ``d``,
-    ``w`` and ``loss`` of its nearest centre-line point (one KD-tree query for all tubes)."""
+    ``w`` and ``loss`` of its nearest centre-line point (one KD-tree query for all tubes);
+    ``bloom``: see :func:`tube_set`."""
     anat = load_anatomy()
     att = np.ones(anat.shape, dtype=np.float32)
-    ts = tube_set(tubes)
+    ts = tube_set(tubes, bloom)
     if len(ts.points) == 0:
         return att
     inv = np.linalg.inv(anat.affine)

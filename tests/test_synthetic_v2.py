@@ -169,3 +169,17 @@ def test_agreement_labels(tmp_path):
             assert set(np.unique(case.label[plain.label == lid])) == {attrs["agreement"]}
     with pytest.raises(InputError, match="needs the simulated raters"):
         cmbbench.load_dataset("synthetic", preset="tiny", version="1.1", labels="agreement")
+
+
+def test_data_show_centres_on_mimics(tmp_path):
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+
+    args = ["data", "show", "synthetic", "sub-0003", "--preset", "tiny", "--root", str(tmp_path)]
+    out = tmp_path / "m.png"
+    r = CliRunner().invoke(app, [*args, "--focus", "mimics", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(app, [*args, "--focus", "veins", "--out", str(out)])
+    assert r.exit_code == 1 and "cmbs or mimics" in r.output

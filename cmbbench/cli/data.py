@@ -179,6 +179,12 @@ def show_command(
     opt: OptOpt = None,
     max_cmbs: Annotated[int, typer.Option("--max-cmbs", min=1, help="CMBs to show at most.")] = 6,
     crop_mm: Annotated[float, typer.Option("--crop-mm", min=2.0, help="Crop side in mm.")] = 40.0,
+    focus: Annotated[
+        str,
+        typer.Option(
+            "--focus", help="cmbs | mimics: centre the crops on CMBs or on one mimic of each kind."
+        ),
+    ] = "cmbs",
 ) -> None:
     """Write a PNG montage of axial crops through a case's CMBs, labels outlined (mimics marked)."""
     from cmbbench.datasets.viz import render_case
@@ -189,7 +195,9 @@ def show_command(
             case = ds.case(case_id)
         except KeyError as err:
             raise fail(str(err.args[0])) from None
-        path = render_case(case, out, max_cmbs=max_cmbs, crop_mm=crop_mm)
+        if focus not in ("cmbs", "mimics"):
+            raise fail(f"--focus must be cmbs or mimics, got {focus!r}")
+        path = render_case(case, out, max_cmbs=max_cmbs, crop_mm=crop_mm, focus=focus)  # type: ignore[arg-type]
     except CmbbenchError as err:
         raise fail(str(err)) from None
     except OSError as err:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from nibabel.orientations import aff2axcodes
@@ -188,12 +188,16 @@ def render_case(
     max_cmbs: int = 6,
     crop_mm: float = 40.0,
     dpi: int = 110,
+    focus: Literal["cmbs", "mimics"] = "cmbs",
 ) -> Path:
     """Write a PNG montage of ``case`` to ``out_path`` and return the path.
 
     Up to ``max_cmbs`` CMBs (largest first), two panels each (image; image with outlines),
     cropped to ``crop_mm`` × ``crop_mm`` around the CMB in its axial slice. A case without
     CMBs shows three full axial slices (25/50/75 % of the way up) with mimics marked.
+    ``focus="mimics"``: the panels are centred on one mimic of each kind in
+    ``meta["mimics"]`` instead (up to ``max_cmbs`` kinds, in the order they are listed; not
+    air-bone drop-out, whose recorded centre is the air pocket outside the brain).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -218,8 +222,23 @@ def render_case(
     sites = cmb_sites(case)
     n_total = len(sites)
     mimics = _mimics(case)
+    if focus == "mimics":
+        first: dict[str, np.ndarray] = {}
+        for mc, kind in mimics:
+            if kind != "air_bone":  # its centre is the air pocket, outside the brain
+                first.setdefault(kind, mc)
+        sites = [(mc, 0) for mc in first.values()]
+        kinds = list(first)[:max_cmbs]
 
-    if sites:
+    if sites and focus == "mimics":
+        half = (
+            max(4, round(crop_mm / 2 / case.spacing[view.ax_ap])),
+            max(4, round(crop_mm / 2 / case.spacing[view.ax_lr])),
+        )
+        panels = [(c, half) for c, _ in sites[:max_cmbs]]
+        titles = [f"mimic: {k}" for k in kinds]
+        per_row = min(2, len(panels))
+    elif sites:
         shown = sites[:max_cmbs]
         half = (
             max(4, round(crop_mm / 2 / case.spacing[view.ax_ap])),
@@ -246,6 +265,8 @@ def render_case(
     FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
     what = f"{n_total} CMB(s)" + (f", showing {len(panels)}" if n_total > len(panels) else "")
+    if focus == "mimics":
+        what = f"{n_total} CMB(s); {len(panels)} mimic kind(s) shown"
     if not sites:
         what = "no CMBs" if label is not None else "unlabelled"
     group = case.meta.get("protocol") or case.meta.get("cohort") or ""

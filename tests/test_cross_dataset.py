@@ -98,6 +98,38 @@ def test_runs_times_datasets_give_a_result_per_pair_and_the_matrix(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "b2" / "leaderboard.md").exists()
     assert (tmp_path / "b2" / "cross-dataset.md").exists()
+    # NAME:K=V,K=V targets: one result and one column per option set of the same dataset
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--plugin",
+            PLUGIN,
+            "--model-dir",
+            str(runs[0]),
+            "--bootstrap",
+            "10",
+            "--dataset",
+            "engine-cubes-dim:tag=a",
+            "--dataset",
+            "engine-cubes-dim:tag=b,shades=1,2",
+            "--out-dir",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.json")) == [
+        "run0__engine-cubes-dim-shades-1_2-tag-b-test.json",
+        "run0__engine-cubes-dim-tag-a-test.json",
+    ]
+    rep = load_results(tmp_path / "t" / "run0__engine-cubes-dim-shades-1_2-tag-b-test.json")
+    assert rep.info["dataset"]["options"] == {
+        "tag": "b",
+        "shades": ["1", "2"],
+    }  # as --set parses lists
+    md = (tmp_path / "t" / "matrix.md").read_text()
+    assert "engine-cubes-dim vtest-1 test [cubes] (tag=a)" in md
+    assert "engine-cubes-dim vtest-1 test [cubes] (shades=['1', '2'], tag=b)" in md
     # --root NAME=DIR is checked against the targets
     r = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "y"), "--root", "valdo=/nope"])
     assert r.exit_code == 1 and "NAME=DIR" in r.output

@@ -290,7 +290,9 @@ def evaluate_command(
     dataset: Annotated[
         list[str] | None,
         typer.Option(
-            "--dataset", help="Registered dataset name (repeatable: one result per target)."
+            "--dataset",
+            help="Registered dataset name, optionally with its own options NAME:K=V,K=V "
+            "(repeatable: one result per target, e.g. synthetic:protocol=swi_3t_094x094x175).",
         ),
     ] = None,
     root: Annotated[
@@ -322,8 +324,12 @@ def evaluate_command(
 ) -> None:
     """Score finished runs' models (weights and tuned post-processing) on other datasets or splits."""
     configure_openmp()
-    datasets = list(dataset or [DEFAULT_DATASET])
-    pairs = [(m, d) for m in model_dir for d in datasets]
+    try:
+        targets = [_target(d) for d in (dataset or [DEFAULT_DATASET])]
+    except CmbbenchError as err:
+        raise fail(str(err)) from None
+    datasets = sorted({name for name, _, _ in targets})
+    pairs = [(m, t) for m in model_dir for t in targets]
     try:
         _load_plugins(plugin)
         from cmbbench.engine.evaluate import evaluate_run
@@ -333,7 +339,7 @@ def evaluate_command(
             raise fail(f"--split: expected train, val, test or all; received {split!r}")
         if len(pairs) > 1 and out_dir is None:
             raise fail(
-                f"{len(model_dir)} run(s) x {len(datasets)} dataset(s): pass --out-dir for one "
+                f"{len(model_dir)} run(s) x {len(targets)} dataset(s): pass --out-dir for one "
                 "result per pair and the matrix (--out holds one result)"
             )
         if out is not None and len(pairs) > 1:
@@ -341,24 +347,24 @@ def evaluate_command(
         roots = _roots(root, datasets)
         options = parse_key_values(dataset_option, what="--dataset-option")
         done = []
-        for run_dir, name in pairs:
+        for run_dir, (name, target_options, slug) in pairs:
             with rich_progress(not no_progress) as progress:
                 report = evaluate_run(
                     run_dir,
                     name,
                     root=roots.get(name),
                     split=None if split == "all" else split,
-                    dataset_options=options or None,
+                    dataset_options={**options, **target_options} or None,
                     device=device,
                     n_bootstrap=bootstrap,
                     progress=progress,
                 )
             path = out
             if out_dir is not None:
-                path = out_dir / f"{run_dir.name}__{name}-{split}.json"
+                path = out_dir / f"{run_dir.name}__{slug}-{split}.json"
             if path is not None:
                 save_results(report, path)
-            done.append((report, path, run_dir, name))
+            done.append((report, path, run_dir, slug))
         matrix_files = _write_matrix(done, out_dir) if out_dir is not None else []
     except CmbbenchError as err:
         raise fail(str(err)) from None
@@ -376,6 +382,23 @@ def evaluate_command(
             console.print(f"results written to [bold]{path}[/]")
     for f in matrix_files:
         console.print(f"cross-dataset matrix written to [bold]{f}[/]")
+
+
+def _target(spec: str) -> tuple[str, dict, str]:
+    """``NAME[:K=V,K=V]`` -> (dataset name, its own options, a file-name slug)."""
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise fail(f"--dataset {spec!r}: expected NAME or NAME:K=V,K=V")
+    items: list[str] = []
+    for token in (t for t in rest.split(",") if t):  # a token without "=" continues a list value
+        if "=" in token or not items:
+            items.append(token)
+        else:
+            items[-1] += "," + token
+    opts = parse_key_values(items, what=f"--dataset {name}")
+    raw = sorted(item.partition("=")[::2] for item in items)
+    slug = name + "".join(f"-{k.strip()}-{v.replace(',', '_')}" for k, v in raw)
+    return name, opts, "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)
 
 
 def _roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:

@@ -69,7 +69,13 @@ def column_label(info: dict[str, Any]) -> str:
     protocol when the report has them: one column per protocol of a generalisation matrix)."""
     d = info.get("dataset") or {}
     version = f" v{d['version']}" if d.get("version") else ""
-    return f"{d.get('name')}{version} {d.get('split') or 'all'}" + _cohort_text(d.get("cohorts"))
+    label = f"{d.get('name')}{version} {d.get('split') or 'all'}" + _cohort_text(d.get("cohorts"))
+    trained = info.get("trained_on") or {}
+    own = trained.get("options") or {} if trained.get("name") == d.get("name") else {}
+    extra = {k: v for k, v in (d.get("options") or {}).items() if own.get(k) != v}
+    if extra:  # options of this target beyond the run's own (a target of its own)
+        label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")"
+    return label
 
 
 def _is_home(info: dict[str, Any]) -> bool:

@@ -213,3 +213,23 @@ def test_generator_1_0_is_byte_identical(sid):
         h.update(a.tobytes())
     assert h.hexdigest() == V1_TINY_SHA256[sid]
     assert "elements" not in s.meta and "age" not in s.meta
+
+
+# generator 2.0 as frozen for dataset v2.0 (commit 9bdebc3): the committed v2 records were
+# made on these bytes, so a change of the generator must bump its version instead
+V2_TINY_SHA256 = {
+    "sub-0001": "4fe31af087db670f7c431fad0eff28d137dd25f706531eb50290596855177157",
+    "sub-0002": "6c7c760a3377a547b2eb3f97d5b56f5e13ddb323dec75cb5f008f6f7011df61b",
+}
+
+
+@pytest.mark.parametrize("sid", sorted(V2_TINY_SHA256))
+def test_generator_2_0_is_frozen(sid):
+    from cmbbench.datasets.synthetic.generator import generate_subject
+    from cmbbench.datasets.synthetic.subjects import SubjectSpec, subject_protocol
+
+    s = generate_subject(SubjectSpec(sid, 0, subject_protocol(0, sid, "tiny"), "tiny"))
+    h = hashlib.sha256()
+    for a in (s.image, s.label, s.ignore, s.mimics):
+        h.update(a.tobytes())
+    assert h.hexdigest() == V2_TINY_SHA256[sid]

@@ -220,10 +220,15 @@ def eligible_indices(region: str, box: tuple[float, ...] | None = None) -> np.nd
     """
     anat = load_anatomy()
     code = REGIONS.index(region) + 1
-    mask = anat.eligible & (anat.regions == code)
-    idx = np.argwhere(mask)
-    if box is not None:
-        world = idx @ anat.affine[:3, :3].T + anat.affine[:3, 3]
-        lo, hi = np.asarray(box[0::2]), np.asarray(box[1::2])
-        idx = idx[np.all((world >= lo) & (world <= hi), axis=1)]
-    return idx
+    return indices_in_box(np.argwhere(anat.eligible & (anat.regions == code)), box)
+
+
+def indices_in_box(idx: np.ndarray, box: tuple[float, ...] | None) -> np.ndarray:
+    """The anatomy-grid voxel indices ``idx`` (N, 3) whose centres lie in ``box`` =
+    (xmin, xmax, ymin, ymax, zmin, zmax) MNI mm (all of them for ``None``)."""
+    if box is None:
+        return idx
+    anat = load_anatomy()
+    world = idx @ anat.affine[:3, :3].T + anat.affine[:3, 3]
+    lo, hi = np.asarray(box[0::2]), np.asarray(box[1::2])
+    return idx[np.all((world >= lo) & (world <= hi), axis=1)]

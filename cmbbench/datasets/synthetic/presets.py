@@ -100,14 +100,7 @@ PRESETS_V1: dict[str, Preset] = {
     "default": Preset(
         "default",
         120,
-        {
-            "t2s2d_3t_1x1x3": 0.26,
-            "t2s2d_3t_1x1x4": 0.16,
-            "t2s2d_3t_045x045x4": 0.18,
-            "t2s3d_15t_05x05x08": 0.08,
-            "swi_3t_094x094x175": 0.24,
-            "swi_3t_045x045x1": 0.08,
-        },
+        _ALL_PROTOCOLS,
         description="120 subjects, six protocols shaped like the public CMB cohorts",
     ),
     "quick": Preset(
@@ -141,14 +134,7 @@ PRESETS_V2: dict[str, Preset] = {
     "default": Preset(
         "default",
         240,
-        {
-            "t2s2d_3t_1x1x3": 0.26,
-            "t2s2d_3t_1x1x4": 0.16,
-            "t2s2d_3t_045x045x4": 0.18,
-            "t2s3d_15t_05x05x08": 0.08,
-            "swi_3t_094x094x175": 0.24,
-            "swi_3t_045x045x1": 0.08,
-        },
+        _ALL_PROTOCOLS,
         description="240 subjects, six protocols shaped like the public CMB cohorts",
     ),
     "quick": Preset(
@@ -167,26 +153,11 @@ PRESETS_V2: dict[str, Preset] = {
     "benchmark": Preset(
         "benchmark",
         760,
-        {
-            "t2s2d_3t_1x1x3": 0.26,
-            "t2s2d_3t_1x1x4": 0.16,
-            "t2s2d_3t_045x045x4": 0.18,
-            "t2s3d_15t_05x05x08": 0.08,
-            "swi_3t_094x094x175": 0.24,
-            "swi_3t_045x045x1": 0.08,
-        },
+        _ALL_PROTOCOLS,
         fractions=(0.5, 0.1, 0.4),
         description="760 subjects over all six protocols, a 304-scan test split (GPU tracks)",
     ),
-    "tiny": Preset(
-        "tiny",
-        8,
-        {"t2s2d_3t_1x1x3": 1.0},
-        box_mm=(-40.0, 40.0, -50.0, 30.0, -12.0, 30.0),
-        count_cap=8,
-        margin_mm=2.0,
-        description="8 small subjects (a 80×80×42 mm slab, 1×1×3 mm) for tests",
-    ),
+    "tiny": PRESETS_V1["tiny"],  # the same slab for tests (generator 2.0 makes its subjects)
 }
 
 #: generator version -> its presets

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from cmbbench.datasets.synthetic.anatomy import eligible_indices, load_anatomy
+from cmbbench.datasets.synthetic.anatomy import eligible_indices, indices_in_box, load_anatomy
 from cmbbench.datasets.synthetic.mimics import BRAIN_CENTRE_MNI, Vein
 from cmbbench.datasets.synthetic.sampling import GAMMA_RAD_PER_S_T
 
@@ -212,12 +212,7 @@ def cortical_surface_indices(box: tuple[float, ...] | None = None) -> np.ndarray
     anat = load_anatomy()
     near_csf = ndi.maximum_filter(anat.csf, size=3) > 0.5
     mask = (anat.gm > 0.4) & near_csf & (anat.ventricle_dist > 12) & (anat.regions == 1)
-    idx = np.argwhere(mask)
-    if box is not None:
-        world = idx @ anat.affine[:3, :3].T + anat.affine[:3, 3]
-        lo, hi = np.asarray(box[0::2]), np.asarray(box[1::2])
-        idx = idx[np.all((world >= lo) & (world <= hi), axis=1)]
-    return idx
+    return indices_in_box(np.argwhere(mask), box)
 
 
 def plan_siderosis(

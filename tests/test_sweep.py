@@ -145,7 +145,9 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(t
     exits 130, the first run's record stays, and a rerun resumes the second from its
     checkpoint instead of starting it over."""
     out = tmp_path / "grid"
-    sets = ["steps=40", "val_every=20", "checkpoint_every=10", "batch_size=4"]
+    # enough steps after the first checkpoint that the interrupt lands while it trains (with
+    # 40 steps a fast machine finished the run before the signal arrived)
+    sets = ["steps=400", "val_every=200", "checkpoint_every=10", "batch_size=4"]
     args = ["--models", "engine_tiny", "--seeds", "0,1", "--out", str(out), *tiny_args(sets)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cmbbench.cli", "sweep", *args],
@@ -172,7 +174,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(t
     assert "1 kept, 1 to run" in again.text
     assert "resuming engine_tiny-s1" in again.text and "ran (resumed)" in again.text
     record = load_run_record(second)
-    assert record.training["resumed_from_step"] >= 10 and record.training["steps"] == 40
+    assert record.training["resumed_from_step"] >= 10 and record.training["steps"] == 400
     assert snapshot(out)["engine_tiny-s0/record.json"] == kept
 
 

@@ -154,6 +154,10 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(t
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # a child inherits an ignored SIGINT (and Python then never raises KeyboardInterrupt):
+        # an earlier test in the same pytest process may have left it ignored, a user's
+        # shell does not, so the child starts with the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     second = out / "engine_tiny-s1"
     deadline = time.monotonic() + 240

@@ -157,6 +157,20 @@ def rician_noise(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> 
     return np.sqrt(re * re + (s * n2) ** 2).astype(np.float32, copy=False)
 
 
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The smallest and largest index (each (ndim,) int) of the set voxels of ``mask`` per
+    axis, or ``None`` when none is set; from the mask's projections on each axis (no list of
+    voxel indices, which is slow for large masks)."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        proj = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(proj) == 0:
+            return None
+        lo.append(proj[0])
+        hi.append(proj[-1])
+    return np.asarray(lo), np.asarray(hi)
+
+
 def acquire_region(
     volume: np.ndarray,
     sim_affine: np.ndarray,
@@ -169,20 +183,18 @@ def acquire_region(
     where ``region`` (bool, ``volume``'s shape) is set (+ 2 voxels). Returns ``(slices,
     sub-array)`` of the target grid, or ``None`` when ``region`` is empty or off the grid.
     ``coords``: as in :func:`acquire` (no box filter here either)."""
-    idx = np.argwhere(region)
-    if len(idx) == 0:
+    box = bounding_box(region)
+    if box is None:
         return None
-    lo, hi = idx.min(0) - 2.0, idx.max(0) + 2.0
+    lo, hi = box[0] - 2.0, box[1] + 2.0
     if coords is not None:
         inside = np.ones(grid.shape, dtype=bool)
         for a in range(3):
             inside &= (coords[a] >= lo[a]) & (coords[a] <= hi[a])
-        hit = np.argwhere(inside)
-        if len(hit) == 0:
+        hit = bounding_box(inside)
+        if hit is None:
             return None
-        slices = tuple(
-            slice(int(a), int(b) + 1) for a, b in zip(hit.min(0), hit.max(0), strict=True)
-        )
+        slices = tuple(slice(int(a), int(b) + 1) for a, b in zip(*hit, strict=True))
         sub = ndi.map_coordinates(
             np.asarray(volume, dtype=np.float32),
             coords[(slice(None), *slices)],

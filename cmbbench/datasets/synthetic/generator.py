@@ -474,26 +474,31 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return image, brain, mimic_map, s_wm
 
 
-def _tube_record(f: _Frame, v: Any, kind_type: str) -> dict:
-    """Sidecar record of a vein / flow void / siderosis band (world mm of the case grid)."""
-    if f.warp is None:
-        pts_world = v.points @ f.to_world[:3, :3].T + f.to_world[:3, 3]
-    else:
-        pts_world = f.points_to_world(v.points)
-    rec = {
-        "type": kind_type,
-        "kind": v.kind.split(":", 1)[-1],
-        "centre_mm": _round(pts_world[len(pts_world) // 2]),
-        "start_mm": _round(pts_world[0]),
-        "end_mm": _round(pts_world[-1]),
-        "radius_mm": round(v.radius_mm, 3),
-        "length_mm": round(0.5 * (len(pts_world) - 1), 1),
-        "centre_loss": round(v.loss, 3),
-    }
-    if kind_type == "siderosis":
-        rec.pop("kind")
-        rec["width_mm"] = rec.pop("radius_mm")
-    return rec
+def _tube_records(f: _Frame, tubes: list[Any], kind_type: str) -> list[dict]:
+    """Sidecar records of veins / flow voids / siderosis bands (world mm of the case grid)."""
+    if not tubes:
+        return []
+    # only the three recorded points of each tube go through the warp's inverse (one call;
+    # the inverse is per point)
+    picked = np.concatenate([v.points[[0, len(v.points) // 2, -1]] for v in tubes])
+    world = f.points_to_world(picked).reshape(len(tubes), 3, 3)
+    records = []
+    for v, (start, centre, end) in zip(tubes, world, strict=True):
+        rec = {
+            "type": kind_type,
+            "kind": v.kind.split(":", 1)[-1],
+            "centre_mm": _round(centre),
+            "start_mm": _round(start),
+            "end_mm": _round(end),
+            "radius_mm": round(v.radius_mm, 3),
+            "length_mm": round(0.5 * (len(v.points) - 1), 1),
+            "centre_loss": round(v.loss, 3),
+        }
+        if kind_type == "siderosis":
+            rec.pop("kind")
+            rec["width_mm"] = rec.pop("radius_mm")
+        records.append(rec)
+    return records
 
 
 def _render_mimics(f: _Frame, plan: _Plan, image: np.ndarray, mimic_map: np.ndarray) -> list[dict]:
@@ -515,12 +520,9 @@ def _render_mimics(f: _Frame, plan: _Plan, image: np.ndarray, mimic_map: np.ndar
             image[s] *= att
             mimic_map[s][att <= 0.8] = MIMIC_CODES[d.kind]
         records.append(dipole_record(d, c_world))
-    for v in plan.veins:
-        records.append(_tube_record(f, v, "vein"))
-    for v in plan.flow_voids:
-        records.append(_tube_record(f, v, "flow_void"))
-    for v in plan.siderosis:
-        records.append(_tube_record(f, v, "siderosis"))
+    records += _tube_records(f, plan.veins, "vein")
+    records += _tube_records(f, plan.flow_voids, "flow_void")
+    records += _tube_records(f, plan.siderosis, "siderosis")
     if path is not None:
         for b in path.lacunes:
             records.append(

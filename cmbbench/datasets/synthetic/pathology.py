@@ -218,11 +218,16 @@ def apply_to_tissue(
     :func:`sulcal_exposure`."""
     gm, wm, csf = gm.copy(), wm.copy(), csf.copy()
     if atrophy and p.atrophy > 0:
+        # in place where a temporary is not needed again (the same operations in the same
+        # order as csf += gm·g + wm·f; gm ·= 1 − g; wm ·= 1 − f)
         f = _band(vdist, 4.0 * p.atrophy)
-        g = np.maximum(f, sulc * np.float32(0.6 * p.atrophy))
-        csf += gm * g + wm * f
-        gm *= 1.0 - g
-        wm *= 1.0 - f
+        g = np.multiply(sulc, np.float32(0.6 * p.atrophy))
+        np.maximum(f, g, out=g)
+        moved = gm * g
+        moved += wm * f
+        csf += moved
+        gm *= np.subtract(1.0, g, out=g)
+        wm *= np.subtract(1.0, f, out=f)
     wmh_frac = None
     if wmh and (p.wmh_burden > 0 or p.wmh_patches):
         wmh_frac = _band(vdist, 8.0 * p.wmh_burden) * np.float32(0.5 + 0.5 * p.wmh_burden)

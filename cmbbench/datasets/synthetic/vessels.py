@@ -307,18 +307,21 @@ def render_tubes(tubes: list[Vein], bloom: float = 0.0) -> np.ndarray:
     inv = np.linalg.inv(anat.affine)
     ijk = np.rint(ts.points @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
     reach = np.ceil(2.5 * ts.width).astype(int)
-    shape = np.asarray(anat.shape)
     size = int(np.prod(anat.shape))
-    keys = []
+    # Candidate voxels: a ball around every other centre-line point (1 mm apart: the same
+    # voxels, half the work), marked in flat indices of a grid padded by the largest ball so
+    # that no offset can wrap around an edge; the interior of the mark is the candidate set.
+    pad = int(reach.max()) + 2
+    padded = tuple(n + 2 * pad for n in anat.shape)
+    strides = np.array([padded[1] * padded[2], padded[2], 1], dtype=np.int64)
+    mark = np.zeros(padded, dtype=bool)
     for r in np.unique(reach):
-        # candidates around every other point (1 mm apart): the same voxels, half the work
-        base = ijk[reach == r][::2]
-        base = _unique_flat(np.ravel_multi_index(tuple(base.T), anat.shape, mode="clip"), size)
-        base = np.stack(np.unravel_index(base, anat.shape), axis=1)
-        cand = (base[:, None, :] + _ball(int(r) + 1)[None]).reshape(-1, 3)
-        cand = cand[np.all((cand >= 0) & (cand < shape), axis=1)]
-        keys.append(np.ravel_multi_index(tuple(cand.T), anat.shape))
-    flat = _unique_flat(np.concatenate(keys), size)
+        base = np.clip(ijk[reach == r][::2], 0, np.asarray(anat.shape) - 1)
+        base = _unique_flat(np.ravel_multi_index(tuple(base.T), anat.shape), size)
+        base = np.stack(np.unravel_index(base, anat.shape), axis=1) + pad
+        mark.ravel()[((base @ strides)[:, None] + _ball(int(r) + 1) @ strides).ravel()] = True
+    interior = tuple(slice(pad, pad + n) for n in anat.shape)
+    flat = np.flatnonzero(mark[interior])
     cand = np.stack(np.unravel_index(flat, anat.shape), axis=1)
     world = cand @ anat.affine[:3, :3].T + anat.affine[:3, 3]
     dist, nearest = cKDTree(ts.points).query(world, distance_upper_bound=2.5 * ts.width.max())

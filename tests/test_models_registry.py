@@ -63,6 +63,32 @@ def test_register_bare_and_named_detector(cleanup):
     assert isinstance(create_model("reg_test_bare"), _Counter)
 
 
+def test_off_board_models_are_listed_with_their_reason(cleanup, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cmbbench.cli import app
+    from cmbbench.cli._app import console
+
+    @register_model("reg_test_retired", kind="detector", off_board="never finds a CMB")
+    def _retired():
+        return _Counter()
+
+    cleanup += ["reg_test_retired"]
+    assert model_info("reg_test_retired").off_board == "never finds a CMB"
+    assert "reg_test_retired" in list_models()
+    assert "reg_test_retired" not in list_models(on_board=True)
+    # the built-in FPN is retired from the default board; the reference U-Net is on it
+    board = list_models(on_board=True)
+    assert "smp_fpn_r18" not in board and "unet3d" in board
+    assert "quarter-resolution" in model_info("smp_fpn_r18").off_board
+    r = CliRunner().invoke(app, ["models", "--board"])
+    assert r.exit_code == 0, r.output
+    assert r.output.split() == board
+    monkeypatch.setattr(console, "width", 400)  # one line per model
+    r = CliRunner().invoke(app, ["models"])
+    assert "off the default board: never finds a CMB" in r.output
+
+
 def test_bad_factory_results_and_kwargs(cleanup):
     @register_model("reg_test_bad", kind="network")
     def _bad():

@@ -73,7 +73,8 @@ class ModelInfo:
     ``divisor``: every spatial input size must be a multiple of it (e.g. 32 for a network
     with five stride-2 stages), or one int per axis (x, y, z), e.g. ``(32, 32, 8)`` when
     two of the stages do not downsample z. ``recipe``: recipe entries the model overrides, known at
-    registration (the factory may add more).
+    registration (the factory may add more). ``off_board``: why the model is left off the
+    default leaderboard tracks (it stays usable); empty when it is on them.
     """
 
     name: str
@@ -82,6 +83,7 @@ class ModelInfo:
     source: str
     divisor: Divisor = 1
     recipe: Mapping[str, Any] = field(default_factory=dict)
+    off_board: str = ""
 
 
 @dataclass
@@ -144,6 +146,7 @@ def _add(
     kind: ModelKind,
     divisor: Divisor,
     recipe: Mapping[str, Any] | None,
+    off_board: str = "",
 ) -> None:
     if not isinstance(name, str) or not name:
         raise CmbbenchError(f"model name must be a non-empty string, got {name!r}")
@@ -174,6 +177,7 @@ def _add(
         source=source,
         divisor=divisor,
         recipe=dict(recipe or {}),
+        off_board=str(off_board),
     )
     _REGISTRY[name] = _Entry(info=info, factory=factory)
 
@@ -188,6 +192,7 @@ def register_model(
     kind: ModelKind = "auto",
     divisor: Divisor = 1,
     recipe: Mapping[str, Any] | None = None,
+    off_board: str = "",
 ) -> Callable[[Factory], Factory]: ...
 def register_model(
     name: str | Factory | None = None,
@@ -196,6 +201,7 @@ def register_model(
     kind: ModelKind = "auto",
     divisor: Divisor = 1,
     recipe: Mapping[str, Any] | None = None,
+    off_board: str = "",
 ) -> Any:
     """Decorator registering a model factory; usable bare (``@register_model``) or called.
 
@@ -203,6 +209,8 @@ def register_model(
     docstring. ``divisor``: spatial sizes the network accepts must be multiples of it (one
     int, or one per axis x, y, z).
     ``recipe``: recipe entries this model overrides (e.g. ``{"patch_size": (64, 64, 64)}``).
+    ``off_board``: the reason a model is left off the default leaderboard tracks (shown by
+    ``cmbbench models``; :func:`list_models` ``(on_board=True)`` leaves it out).
     Returns the factory unchanged.
     """
     if callable(name) and not isinstance(name, str):
@@ -214,6 +222,7 @@ def register_model(
             kind=kind,
             divisor=divisor,
             recipe=recipe,
+            off_board=off_board,
         )
         return factory
 
@@ -225,6 +234,7 @@ def register_model(
             kind=kind,
             divisor=divisor,
             recipe=recipe,
+            off_board=off_board,
         )
         return factory
 
@@ -343,10 +353,11 @@ def load_plugin(module_or_path: str) -> types.ModuleType:
     return module
 
 
-def list_models() -> list[str]:
-    """Names of all registered models, sorted (loads entry points on first use)."""
+def list_models(on_board: bool = False) -> list[str]:
+    """Names of all registered models, sorted (loads entry points on first use); with
+    ``on_board`` only those on the default leaderboard tracks (no ``off_board`` reason)."""
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return sorted(n for n, e in _REGISTRY.items() if not (on_board and e.info.off_board))
 
 
 def model_info(name: str) -> ModelInfo:

@@ -183,3 +183,46 @@ def test_data_show_centres_on_mimics(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = CliRunner().invoke(app, [*args, "--focus", "veins", "--out", str(out)])
     assert r.exit_code == 1 and "cmbs or mimics" in r.output
+
+
+@pytest.mark.slow
+def test_label_statistics_of_the_quick_preset_match_valdo():
+    """The quick preset's CMBs against the VALDO / literature figures of SYNTHETIC.md:
+    count hurdle and locations over all 232 planned subjects, sizes over 16 rendered ones."""
+    from collections import Counter
+
+    from cmbbench.datasets.summary import equivalent_diameter_mm
+    from cmbbench.datasets.synthetic.dataset import _specs
+    from cmbbench.datasets.synthetic.generator import _frame, _plan
+    from cmbbench.datasets.synthetic.sampling import REGION_FREQ
+
+    specs = _specs("quick", None, 0, None, "dipole")
+    assert len(specs) == 232
+    plans = [_plan(_frame(s)) for s in specs]
+    counts = np.array([p.count for p in plans])
+    # VALDO (72 subjects): P(0) = 22/72 = 0.31, P(1 | any) = 30/50 = 0.60; with 232 subjects
+    # the binomial SEs are 0.030 and 0.038: three of them as the tolerance
+    assert abs((counts == 0).mean() - 0.31) < 0.09
+    assert abs((counts[counts > 0] == 1).mean() - 0.60) < 0.12
+    assert counts.max() > 10  # the long tail (VALDO up to 83; the preset caps it)
+    # locations (957 CMBs over five datasets): each region's share within 0.05 of the mix
+    regions = Counter(c.region for p in plans for c in p.cmbs)
+    n = sum(regions.values())
+    assert n >= 500
+    for region, share in REGION_FREQ.items():
+        assert abs(regions[region] / n - share) < 0.05, (region, regions[region] / n, share)
+    # sizes of the labelled CMBs at 1x1x3 mm: VALDO median 4 voxels (2-32) at 1x1x3-4 mm,
+    # equivalent-sphere diameter median 2.7 mm (IQR 2.4-3.2)
+    sizes, labelled, planned = [], 0, 0
+    for s in [s for s, c in zip(specs, counts, strict=True) if c > 0][:16]:
+        sub = generate_subject(s)
+        ids, vox = np.unique(sub.label[sub.label > 0], return_counts=True)
+        sizes.extend(vox.tolist())
+        labelled += len(ids)
+        planned += sub.meta["n_cmb"] + sub.meta["n_ignore"]
+        assert sub.meta["voxel_mm"] == [1.0, 1.0, 3.0]
+    assert len(sizes) >= 40
+    assert 3 <= np.median(sizes) <= 6 and min(sizes) >= 1 and max(sizes) <= 60
+    diam = equivalent_diameter_mm(np.asarray(sizes), (1.0, 1.0, 3.0))
+    assert 2.4 <= np.median(diam) <= 3.3, np.median(diam)
+    assert labelled / planned > 0.7  # most placed CMBs are visible enough to be labelled

@@ -6,7 +6,6 @@ was already loaded), so memory stays at one case.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,9 +39,11 @@ def component_sizes(
 
 
 def equivalent_diameter_mm(n_voxels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Diameter (mm) of the sphere with the same volume as ``n_voxels`` voxels of ``spacing`` mm."""
-    vol = np.asarray(n_voxels, dtype=np.float64) * float(np.prod(spacing))
-    return np.cbrt(6.0 * vol / math.pi)
+    """Diameter (mm) of the sphere with the same volume as ``n_voxels`` voxels of ``spacing`` mm
+    (the scoring's :func:`~cmbbench.scoring.components.equivalent_diameter_mm`)."""
+    from cmbbench.scoring.components import equivalent_diameter_mm as from_volume
+
+    return from_volume(np.asarray(n_voxels, dtype=np.float64) * float(np.prod(spacing)))
 
 
 @dataclass

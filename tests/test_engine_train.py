@@ -78,6 +78,59 @@ def test_non_finite_steps_are_skipped_and_recorded(tmp_path):
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
+class _NanGrad(torch.autograd.Function):
+    """Identity forward; NaN gradients backward (as oneDNN's bf16 convolution backward gave
+    some smp encoder layers on AVX512-BF16 CPUs, with a finite loss)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class _Bf16NanGrad(torch.nn.Module):
+    """Non-finite gradients on the listed training calls, only under bfloat16 autocast."""
+
+    def __init__(self, net: torch.nn.Module, calls: set[int]):
+        super().__init__()
+        self.net, self.bad, self.calls, self.in_bf16 = net, calls, 0, []
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            bf16 = torch.is_autocast_enabled("cpu")
+            self.in_bf16.append(bf16)
+            call, self.calls = self.calls, self.calls + 1
+            if bf16 and call in self.bad:
+                return _NanGrad.apply(out)
+        return out
+
+
+def test_non_finite_bf16_gradients_are_redone_in_float32(tmp_path):
+    # bf16 autocast (amp_cpu=on); the training calls 2 and 6 give NaN gradients with a finite
+    # loss: calls 0, 1 are steps 0, 1; call 2 is step 2 in bf16, call 3 its float32 redo;
+    # calls 4, 5 are steps 3, 4; call 6 is step 5 in bf16, call 7 its redo; 8, 9 steps 6, 7
+    import dataclasses
+
+    torch.manual_seed(0)
+    sampler, recipe = _tiny_training(tmp_path, 8)
+    recipe = dataclasses.replace(recipe, amp_cpu="on")
+    net = _Bf16NanGrad(TinyNet(), {2, 6})
+    result = train(net, sampler, recipe, out_dir=tmp_path, device=torch.device("cpu"))
+    assert result.amp_dtype == "bfloat16"
+    assert result.fp32_retried_steps == [2, 5] and result.skipped_steps == []
+    assert net.in_bf16 == [True, True, True, False, True, True, True, False, True, True]
+    assert all(v == v for v in result.losses) and len(result.losses) == 8
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    # a NaN loss (not the kernels' doing) is still skipped, not redone
+    net = _Flaky(TinyNet(), {3})
+    result = train(net, sampler, recipe, out_dir=tmp_path / "b", device=torch.device("cpu"))
+    assert result.skipped_steps == [3] and result.fp32_retried_steps == []
+
+
 def test_training_that_only_produces_nan_is_reported_as_diverged(tmp_path):
     import pytest
 

@@ -357,7 +357,15 @@ def pool_folds(
 
 def _training_summary(r: RunRecord) -> dict[str, Any]:
     t = r.training
-    keep = ("steps", "best_step", "best_val_f1", "fit_seconds", "skipped_steps", "fitted")
+    keep = (
+        "steps",
+        "best_step",
+        "best_val_f1",
+        "fit_seconds",
+        "skipped_steps",
+        "fp32_retried_steps",
+        "fitted",
+    )
     return {
         "fold_record": f"{r.run_id}/{RECORD_NAME}",
         "n_train": r.dataset.get("n_train"),

@@ -123,6 +123,7 @@ class NetworkFit:
             "loss_last": r.losses[-1] if r.losses else None,
             "loss_every_step": r.losses,
             "skipped_steps": r.skipped_steps,
+            "fp32_retried_steps": r.fp32_retried_steps,
         }
 
     def record_timings(self, device: Any) -> dict[str, Any]:

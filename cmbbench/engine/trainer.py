@@ -70,6 +70,8 @@ class TrainResult:
     last_checkpoint: Path | None
     losses: list[float] = field(default_factory=list)  # one per step, from step 0
     skipped_steps: list[int] = field(default_factory=list)  # non-finite loss/gradients
+    #: bfloat16 steps with non-finite gradients that were redone in float32 on the same batch
+    fp32_retried_steps: list[int] = field(default_factory=list)
     validations: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # this process, optimisation steps only
     val_seconds: float = 0.0
@@ -184,6 +186,7 @@ class _History:
     best_step: int | None = None
     losses: list[float] = field(default_factory=list)  # one per step, from step 0
     skipped: list[int] = field(default_factory=list)  # steps whose update was skipped
+    retried: list[int] = field(default_factory=list)  # bf16 steps redone in float32
     validations: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -208,6 +211,7 @@ def _resume(
         best_step=state.get("best_step"),
         losses=[float(v) for v in state.get("losses", [])][:start],
         skipped=[int(v) for v in state.get("skipped_steps", []) if int(v) < start],
+        retried=[int(v) for v in state.get("fp32_retried_steps", []) if int(v) < start],
         validations=[dict(v) for v in state.get("validations", [])],
     )
     _set_rng_state(state.get("rng", {}))
@@ -249,29 +253,35 @@ def _batch_loss(
     return loss
 
 
-def _update(
-    train_model: nn.Module,
-    optimizer: Any,
-    scaler: Any,
-    loss: torch.Tensor,
-    recipe: Recipe,
-    *,
-    step: int,
-    amp_dtype: torch.dtype | None,
-    history: _History,
-    run_of_skips: int,
-) -> int:
-    """Backward and optimizer step, or a skipped step when the gradients are not finite;
-    returns the number of consecutive skipped steps (an error after
-    :data:`MAX_CONSECUTIVE_SKIPS`)."""
+def _backward(
+    train_model: nn.Module, optimizer: Any, scaler: Any, loss: torch.Tensor, recipe: Recipe
+) -> bool:
+    """Backward (and gradient clipping); whether the step may be applied (finite gradients,
+    or the float16 grad scaler, which skips non-finite steps itself)."""
     # backward even when the loss is not finite: under DDP every rank must join the
     # gradient all-reduce; the (then non-finite) gradients make the step a skipped one
     scaler.scale(loss).backward()
     if recipe.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(train_model.parameters(), recipe.grad_clip)
-    if scaler.is_enabled() or _gradients_finite(train_model):
-        scaler.step(optimizer)  # the float16 grad scaler skips non-finite steps itself
+    return bool(scaler.is_enabled() or _gradients_finite(train_model))
+
+
+def _update(
+    optimizer: Any,
+    scaler: Any,
+    ok: bool,
+    *,
+    step: int,
+    amp_dtype: torch.dtype | None,
+    history: _History,
+    run_of_skips: int,
+) -> int:
+    """The optimizer step, or a skipped step when the gradients are not finite (``ok``
+    false); returns the number of consecutive skipped steps (an error after
+    :data:`MAX_CONSECUTIVE_SKIPS`)."""
+    if ok:
+        scaler.step(optimizer)
         run_of_skips = 0
     else:
         optimizer.zero_grad(set_to_none=True)
@@ -408,6 +418,7 @@ def train(
             "best_step": history.best_step,
             "losses": list(history.losses),
             "skipped_steps": list(history.skipped),
+            "fp32_retried_steps": list(history.retried),
             "validations": [dict(v) for v in history.validations],
             "rng": _rng_state(),
             "recipe": recipe.to_dict(),
@@ -421,8 +432,19 @@ def train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss = _batch_loss(train_model, criterion, batch, recipe, device, amp_dtype)
+            ok = _backward(train_model, optimizer, scaler, loss, recipe)
+            if not ok and amp_dtype == torch.bfloat16 and bool(torch.isfinite(loss.detach())):
+                # A finite bf16 loss with non-finite gradients is the CPU kernels' doing
+                # (oneDNN's bf16 convolution backward on AVX512-BF16: NaN/inf weight
+                # gradients in some smp encoder layers, none in float32): redo the step
+                # in float32 on the same batch instead of losing it.
+                optimizer.zero_grad(set_to_none=True)
+                loss = _batch_loss(train_model, criterion, batch, recipe, device, None)
+                ok = _backward(train_model, optimizer, scaler, loss, recipe)
+                history.retried.append(step)
+                logger.info("step %d: non-finite bfloat16 gradients; redone in float32", step)
             run_of_skips = _update(
-                train_model, optimizer, scaler, loss, recipe,
+                optimizer, scaler, ok,
                 step=step, amp_dtype=amp_dtype, history=history, run_of_skips=run_of_skips,
             )  # fmt: skip
             history.losses.append(float(loss.detach()))
@@ -472,6 +494,7 @@ def train(
         last_checkpoint=last_path if last_path.exists() else None,
         losses=history.losses,
         skipped_steps=history.skipped,
+        fp32_retried_steps=history.retried,
         validations=history.validations,
         train_seconds=train_s,
         val_seconds=val_s,

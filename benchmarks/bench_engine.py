@@ -1,6 +1,7 @@
 """Engine throughput (pytest-benchmark): training overhead and sliding-window inference.
 
-(a) bare model: forward + loss + backward + optimiser step of ``unet3d`` on pre-built batches
+(a) bare model: forward + loss + backward + optimiser step of ``unet3d`` (or the model named
+    by ``CMBBENCH_BENCH_MODEL``, e.g. ``resenc_unet_m``) on pre-built batches
     (no data loading at all), in the engine's memory layout (channels-last on the CPU);
 (b) the engine: :func:`cmbbench.engine.trainer.train` on the *same* batches (the same
     deterministic sampler and steps), with patch sampling in a worker process, learning-rate
@@ -35,6 +36,7 @@ from cmbbench.models.registry import create_model
 
 DEVICE = torch.device(os.environ.get("CMBBENCH_BENCH_DEVICE", "cpu"))
 STEPS = int(os.environ.get("CMBBENCH_BENCH_STEPS", "12"))
+MODEL = os.environ.get("CMBBENCH_BENCH_MODEL", "unet3d")
 RESULTS: dict[str, float] = {}
 
 
@@ -50,7 +52,7 @@ def setup():
 
 def _model():
     torch.manual_seed(0)
-    return create_model("unet3d").to(DEVICE)
+    return create_model(MODEL).to(DEVICE)
 
 
 def _sync():
@@ -110,7 +112,8 @@ def test_engine_step(benchmark, setup, tmp_path):
         ratio = RESULTS["bare_s_per_step"] / res["s"]
         benchmark.extra_info["throughput_vs_bare"] = ratio
         print(
-            f"\nbare {RESULTS['bare_s_per_step']:.3f} s/step, engine {res['s']:.3f} s/step: "
+            f"\n{MODEL}: bare {RESULTS['bare_s_per_step']:.3f} s/step, "
+            f"engine {res['s']:.3f} s/step: "
             f"engine throughput = {100 * ratio:.0f}% of the bare model's"
         )
 

@@ -132,6 +132,9 @@ def test_detector_runs_through_the_same_pipeline(plugin, tmp_path):
     # the dark cubes (intensity 20 vs ~100) are exactly what the detector finds
     assert sum(c.tp for c in record.cases) == 4 and sum(c.fp for c in record.cases) == 0
     assert record.artifacts == {}
+    # a detector's run records the process's peak memory, as a network's does
+    assert record.timings["peak_memory_bytes"] > 0
+    assert record.timings["peak_memory_kind"] == "cpu_max_rss"
     # what fit() chose is in the record (the detector's config()): the grid's first value,
     # 0.3 × median, already separates the cubes (20) from the tissue (~100); ties keep it
     assert record.training["fitted"] == {"fraction": 0.3}

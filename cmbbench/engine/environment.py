@@ -21,6 +21,25 @@ from cmbbench.errors import CmbbenchError
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
+def peak_memory_bytes(device: Any) -> int:
+    """CUDA (``device.type == "cuda"``): torch's ``max_memory_allocated``; otherwise the
+    process's peak resident set size (bytes; child processes not included)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def peak_memory_kind(device: Any) -> str:
+    """What :func:`peak_memory_bytes` measures on ``device`` (the run record's name for it)."""
+    return "cuda_max_allocated" if getattr(device, "type", str(device)) == "cuda" else "cpu_max_rss"
+
+
 def configure_openmp() -> None:
     """Let idle OpenMP threads sleep instead of spinning (effective before torch is imported).
 

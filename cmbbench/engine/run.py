@@ -376,7 +376,16 @@ def _detector_stages(
     )  # fmt: skip
     predictor = detector_predictor(fit.det, built.name)
     scored = predict_and_score(predictor, list(data.test), evaluator, ctx=ctx, progress=progress)
-    timings = {"train_seconds": fit.seconds, **_inference_timings(scored, len(data.test))}
+    from cmbbench.engine.environment import peak_memory_bytes, peak_memory_kind
+
+    timings = {
+        "train_seconds": fit.seconds,
+        **_inference_timings(scored, len(data.test)),
+        # the process's peak over fit and prediction (a detector's own worker processes,
+        # e.g. nnU-Net's augmentation workers, are not included)
+        "peak_memory_bytes": peak_memory_bytes(dev),
+        "peak_memory_kind": peak_memory_kind(dev),
+    }
     return _Outcome(
         scored,
         {"applied": False, "note": "detectors post-process their own output"},

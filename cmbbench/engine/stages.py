@@ -19,6 +19,7 @@ from typing import Any
 from cmbbench.cases import Case
 from cmbbench.datasets.registry import Dataset, DatasetInfo
 from cmbbench.engine.channels import channel_names
+from cmbbench.engine.environment import peak_memory_kind
 from cmbbench.errors import CmbbenchError
 from cmbbench.progress import PhaseTracker, ProgressFn
 from cmbbench.scoring.evaluator import Evaluator
@@ -134,7 +135,7 @@ class NetworkFit:
             "seconds_per_step": r.seconds_per_step,
             "validation_seconds": r.val_seconds,
             "peak_memory_bytes": r.peak_memory_bytes,
-            "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_max_rss",
+            "peak_memory_kind": peak_memory_kind(device),
         }
 
     def record_artifacts(self, run_dir: Path) -> dict[str, Any]:

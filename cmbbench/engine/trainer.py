@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from cmbbench.engine.distributed import (
     unwrap_model,
     wrap_model,
 )
-from cmbbench.engine.environment import prime_vector_math
+from cmbbench.engine.environment import peak_memory_bytes, prime_vector_math
 from cmbbench.engine.layout import channels_last_input, to_channels_last
 from cmbbench.engine.losses import CmbLoss
 from cmbbench.engine.patches import PatchSampler, make_loader
@@ -152,14 +150,6 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         weight_decay=recipe.weight_decay,
         **impl,
     )
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: ``max_memory_allocated``; CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def _rng_state() -> dict[str, Any]:

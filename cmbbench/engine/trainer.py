@@ -423,7 +423,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = _batch_loss(train_model, criterion, batch, recipe, device, amp_dtype)
             ok = _backward(train_model, optimizer, scaler, loss, recipe)
-            if not ok and amp_dtype == torch.bfloat16 and bool(torch.isfinite(loss.detach())):
+            if (
+                not ok
+                and amp_dtype == torch.bfloat16
+                and not ctx.enabled  # under DDP a redo on one rank only would hang the others
+                and bool(torch.isfinite(loss.detach()))
+            ):
                 # A finite bf16 loss with non-finite gradients is the CPU kernels' doing
                 # (oneDNN's bf16 convolution backward on AVX512-BF16: NaN/inf weight
                 # gradients in some smp encoder layers, none in float32): redo the step

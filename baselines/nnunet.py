@@ -24,7 +24,10 @@ pipeline on the run's data and nothing of cmbbench's network engine:
    ``checkpoint_latest.pth`` when ``fit`` is called again on the same run directory;
 4. **prediction**: nnU-Net's ``nnUNetPredictor`` (its preprocessing, Gaussian-weighted
    sliding window, optional mirroring, resampling back to the image grid) gives the class-1
-   softmax (X, Y, Z) on the case's own grid;
+   softmax (X, Y, Z) on the case's own grid; on a CPU whose recipe's ``amp_cpu`` asks for
+   bf16 (``quick``: ``"auto"``, bf16 on a CPU with native bf16) its network runs under bf16
+   autocast (:func:`cpu_autocast`), as cmbbench's engine infers, where nnU-Net itself would
+   run float32 (it autocasts on CUDA only);
 5. **post-processing**: the threshold and minimum component size are tuned on the
    validation split by the engine's own functions
    (:func:`cmbbench.engine.postprocess.postprocess_grid`, :func:`~cmbbench.engine.postprocess.best_grid_point`,
@@ -90,7 +93,7 @@ class Budget:
 #: per recipe preset (cmbbench's trainers are in cmbbench_baselines.nnunet_trainers). On the
 #: quick data (~142×187×50 voxels at 1×1×3 mm) nnU-Net's default plan is a 160×192×56 patch
 #: (batch 2) for a 6-stage U-Net, over a minute per iteration on 2 CPU cores; planned for
-#: 0.25 GB the same planner gives 56×72×16 (batch 2, 4 stages).
+#: 0.25 GB the same planner gives 56×72×16 on v1.1 and 56×64×16 (batch 2, 4 stages) on v2.0.
 BUDGETS: dict[str, Budget] = {
     "full": Budget("nnUNetTrainer", None, PLANS),
     "quick": Budget("nnUNetTrainer_cmbbenchQuick", 0.25, "nnUNetPlans_cmbbenchCPU"),
@@ -531,18 +534,53 @@ def load_predictor(
     return predictor
 
 
-def predict_probability(predictor: Any, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def predict_probability(
+    predictor: Any,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    cpu_autocast: str | None = None,
+) -> np.ndarray:
     """Class-1 (CMB) softmax of nnU-Net's ``predictor`` for ``image`` (X, Y, Z) with voxel
     ``spacing`` (mm, per axis): float32 (X, Y, Z) on the image's own grid. The image is given
-    to nnU-Net as its NIfTI readers give the exported file ((1, Z, Y, X), spacing reversed)."""
+    to nnU-Net as its NIfTI readers give the exported file ((1, Z, Y, X), spacing reversed).
+
+    ``cpu_autocast="bfloat16"`` runs the network of a CPU predictor under bf16 autocast
+    (nnU-Net's predictor autocasts on CUDA only, to float16; on CPU it runs float32);
+    the sliding-window accumulation, softmax and export stay nnU-Net's, in float32."""
     import torch
 
     data = np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 1, 0)[None])
     props = {"spacing": [float(s) for s in tuple(spacing)[::-1]]}
-    with torch.no_grad():
+    if cpu_autocast not in (None, "bfloat16"):
+        raise CmbbenchError(
+            f"nnunet: cpu_autocast must be None or 'bfloat16', got {cpu_autocast!r}"
+        )
+    amp = cpu_autocast is not None and torch.device(predictor.device).type == "cpu"
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp),
+    ):
         _, probs = predictor.predict_single_npy_array(data, props, None, None, True)
     prob = np.asarray(probs[1], np.float32).transpose(2, 1, 0)
     return np.ascontiguousarray(prob)
+
+
+def cpu_autocast(device: str, recipe: Mapping[str, Any]) -> str | None:
+    """``"bfloat16"`` when nnU-Net's predictor runs on a CPU and the recipe's ``amp_cpu``
+    asks for bf16 (``"on"``, or ``"auto"`` on a CPU with native bf16: the engine's own rule,
+    :func:`cmbbench.engine.trainer.autocast_dtype`), else ``None`` (float32). Training is
+    nnU-Net's own and stays float32 on CPU."""
+    import torch
+
+    from cmbbench.engine.recipe import Recipe
+    from cmbbench.engine.trainer import autocast_dtype
+
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        return None
+    amp = str(recipe.get("amp_cpu", Recipe().amp_cpu))
+    return "bfloat16" if autocast_dtype(Recipe(amp_cpu=amp), dev) is not None else None  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- detector
@@ -556,7 +594,9 @@ class NnunetDetector:
     (default: on for ``full``, off for ``quick``/``tiny``, where it would multiply the CPU
     inference time by eight). ``tile_step_size``: sliding-window step, a fraction of the
     patch (default: nnU-Net's 0.5 for ``full``; 1.0, windows that do not overlap, for
-    ``quick``/``tiny``: about 4× fewer windows on CPU). ``num_processes``: nnU-Net's
+    ``quick``/``tiny``: about 4× fewer windows on CPU). On a CPU the predictor's network
+    runs under bf16 autocast when the recipe's ``amp_cpu`` says so (:func:`cpu_autocast`;
+    ``--set amp_cpu=off`` for float32). ``num_processes``: nnU-Net's
     preprocessing workers. ``dataset_id``: the nnU-Net dataset id of the export.
     ``checkpoint``: the checkpoint file predicted with.
     """
@@ -614,6 +654,7 @@ class NnunetDetector:
             "use_mirroring": bool(mirroring),
             "tile_step_size": step,
             "checkpoint": self.checkpoint,
+            "cpu_autocast": cpu_autocast(device, recipe),
         }
         timings: dict[str, float] = {}
         if self.results_dir is not None:
@@ -801,7 +842,9 @@ class NnunetDetector:
             nnunet_environment(folders, {"nnUNet_extTrainer": f["shim_dir"]}),
             _stage("prediction", f"{f['model_dir']} (case {case.case_id})"),
         ):
-            prob = predict_probability(self._predictor, case.image, case.spacing)
+            prob = predict_probability(
+                self._predictor, case.image, case.spacing, cpu_autocast=f.get("cpu_autocast")
+            )
         if prob.shape != tuple(case.shape):
             raise CmbbenchError(
                 f"nnunet: prediction of case {case.case_id} has shape {prob.shape}, "

@@ -54,7 +54,7 @@ class nnUNetTrainer_cmbbenchBudget(nnUNetTrainer):  # nnU-Net names trainers nnU
 class nnUNetTrainer_cmbbenchQuick(nnUNetTrainer_cmbbenchBudget):
     """The ``quick`` (CPU) budget: 10 epochs × 20 iterations = 200 training iterations, plus
     2 validation iterations per epoch, with the plans' batch size and ``3d_fullres`` patch
-    size (under the ``quick`` preset planned for 0.25 GB: 56×72×16 voxels (x×y×z), batch 2,
+    size (under the ``quick`` preset planned for 0.25 GB: 56×64×16 voxels (x×y×z), batch 2,
     on the quick synthetic data); a checkpoint (``checkpoint_latest.pth``) after every epoch,
     so an interrupted run loses at most one epoch."""
 

@@ -2,7 +2,8 @@
 
 Output layout under ``out_dir``::
 
-    leaderboard.md     README-ready tables (one per dataset version, rule and track)
+    leaderboard.md     README-ready tables (one per dataset version, rule and track), each
+                       followed by the board notes on its rows (``notes.toml``)
     leaderboard.csv    every row with mean / sd / min / max / CI bounds, fixed formatting
     leaderboard.html   one self-contained page, sortable tables, plots embedded
     plots/<table>-froc.png, plots/<table>-size-recall.png, plots/<table>-fp-per-scan.png
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from cmbbench.errors import InputError
 from cmbbench.io import write_atomic
+from cmbbench.leaderboard.notes import find_and_load_notes, notes_for
 from cmbbench.leaderboard.plots import plot_fp_distribution, plot_froc, plot_size_recall
 from cmbbench.leaderboard.render_csv import render_csv
 from cmbbench.leaderboard.render_html import render_html
@@ -47,12 +49,15 @@ def build_tables(
 ) -> list[Table]:
     """Load the run records under ``record_paths`` and build every table, ranked: rows in
     mean-F1 order (``ranking="bootstrap"``) or VALDO's (``"valdo"``), and in both cases the
-    shared-resample rankings, pairwise tests and detectable difference."""
+    shared-resample rankings, pairwise tests and detectable difference; each table carries
+    the board notes (``notes.toml`` under ``record_paths``) on its rows."""
     check_ranking(ranking)
+    notes = find_and_load_notes(record_paths)
     tables = []
     for key, runs in group_runs(load_records(record_paths)).items():
         table = build_table(key, runs, n_bootstrap=n_bootstrap, seed=seed)
         add_significance(table, ranking)
+        table.notes = notes_for(key, [r.model for r in table.rows], notes)
         tables.append(table)
     return tables
 

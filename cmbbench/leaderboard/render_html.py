@@ -17,6 +17,7 @@ from cmbbench.leaderboard.plots import cpm_missing, forest_svg, plotting_version
 from cmbbench.leaderboard.render_md import (
     LEGEND,
     froc_line,
+    notes_block,
     order_line,
     rankings_line,
     rule_line,
@@ -378,6 +379,7 @@ def render_table_html(table: Table, images: Mapping[str, Path] | None = None) ->
             LEGEND + " In this page a cell shows the value; hover it for the spread over "
             "seeds and the interval, drawn as the small bar (0 to 1) where there is one."
         ),
+        markdown_block(notes_block(table)),
         forest_svg(table),
         markdown_block(FOREST_CAPTION),
         _policy_html(EDGE_CASE_POLICY),

@@ -114,6 +114,15 @@ def order_line(table: Table) -> str:
     return text + "."
 
 
+def notes_block(table: Table) -> str:
+    """The board notes on the table's rows as a Markdown list (empty without notes)."""
+    if not table.notes:
+        return ""
+    return "\n".join(
+        ["**Notes** on rows of this table:", ""] + [f"- `{m}`: {t}" for m, t in table.notes]
+    )
+
+
 def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str:
     """The Markdown section of one table; ``plots`` maps a caption to a relative image path."""
     headers = display_headers(table)
@@ -137,6 +146,8 @@ def render_table_md(table: Table, plots: Mapping[str, str] | None = None) -> str
         cells = display_cells(rank, row, significance_text(row), table)
         lines.append("| " + " | ".join(_escape(text) for text, _ in cells) + " |")
     lines += ["", LEGEND, ""]
+    if table.notes:
+        lines += [notes_block(table), ""]
     for caption, rel in (plots or {}).items():
         lines += [f"![{caption}]({rel})", ""]
     return "\n".join(lines)

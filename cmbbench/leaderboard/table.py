@@ -120,6 +120,8 @@ class Table:
     froc_source: str = "operating_point"
     rankings: TableRankings | None = None
     valdo: ValdoRanking | None = None  # only with ranking "valdo"
+    #: ``(model, text)`` of the board notes on its rows (:mod:`cmbbench.leaderboard.notes`)
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _headline(metrics: Mapping[str, Any], name: str) -> tuple[float | None, list[float] | None]:

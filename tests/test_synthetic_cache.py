@@ -174,3 +174,20 @@ def test_without_file_locking_one_process_still_fills(tmp_path, monkeypatch, cap
         assert cache_mod.ensure_generated(tmp_path, specs, workers=1) == ["sub-0001"]
     assert cache_mod.is_complete(tmp_path, "sub-0001", specs[0].fingerprint())
     assert ["no file locking" in r.getMessage() for r in caplog.records] == [True]
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info()]
+
+
+def test_generation_workers_run_one_native_thread_each():
+    # A forked worker inherits the parent's BLAS pool (2 threads on a 2-core machine); with
+    # one worker per core that would put several spinning BLAS threads on every core.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2), cache_mod._pool(2) as pool:
+        threads = pool.submit(_blas_threads).result()
+    assert threads, "no native thread pool found in the worker"
+    assert set(threads) == {1}, f"expected 1 thread per native pool in a worker, got {threads}"

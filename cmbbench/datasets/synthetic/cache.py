@@ -557,8 +557,19 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
 
         load_anatomy()
     return ProcessPoolExecutor(
-        max_workers=n_workers, mp_context=multiprocessing.get_context(method)
+        max_workers=n_workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_one_thread_per_worker,
     )
+
+
+def _one_thread_per_worker() -> None:
+    """Limit each worker's native thread pools (OpenBLAS, OpenMP) to one thread: the pool
+    already puts one process on each core, and a forked worker inherits the parent's
+    pool size, so every core would otherwise run several spinning BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def _fill_all(

@@ -426,6 +426,8 @@ def train_fold(
     resumed_from: int | None = None
     already = final.is_file()
     if already:
+        # nnU-Net's own checkpoint, written by this run's trainer: its logging holds numpy
+        # scalars, which weights_only=True refuses; nnU-Net loads it the same way
         resumed_from = int(
             torch.load(final, map_location="cpu", weights_only=False)["current_epoch"]
         )

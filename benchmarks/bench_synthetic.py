@@ -5,7 +5,7 @@
 (b) loading a cached case (image float32 + instance label + ignore mask from NIfTI).
     Target ≤ 0.2 s.
 (c) (opt-in, ``CMBBENCH_BENCH_FULL=1``) the whole ``quick`` preset generated on all cores
-    into an empty cache. Target < 60 s on 2 cores.
+    into an empty cache. Target ≤ 2 min on 2 cores (v2.0, 232 subjects).
 
 Run: ``pytest benchmarks/bench_synthetic.py --benchmark-only -s``.
 """

@@ -426,7 +426,7 @@ def _tissue(f: _Frame, plan: _Plan, protocol: Protocol) -> tuple:
             gm,
             wm,
             csf,
-            anat.ventricle_dist[sl],
+            pathology.ventricle_index()[sl],
             pathology.sulcal_exposure()[sl],
             sim_aff,
             atrophy=spec.has("atrophy"),

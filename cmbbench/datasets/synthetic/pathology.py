@@ -173,13 +173,21 @@ def sulcal_exposure() -> np.ndarray:
     return (s * (anat.ventricle_dist > 12)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def ventricle_index() -> np.ndarray:
+    """The template's taxicab distance to deep CSF (mm, anatomy-grid shape) as ``intp``: the
+    index :func:`_band` looks up (converted once per process, not twice per subject)."""
+    return load_anatomy().ventricle_dist.astype(np.intp)
+
+
 def _band(vdist: np.ndarray, width_mm: float) -> np.ndarray:
     """``clip((width − d) / 2 + 0.5, 0, 1)`` for ``d > 0`` (0 inside deep CSF), float32, by a
-    lookup on the integer (taxicab) distances ``vdist``."""
+    lookup on the integer (taxicab) distances ``vdist`` (mm; :func:`ventricle_index`)."""
+    vdist = vdist.astype(np.intp, copy=False)
     d = np.arange(int(vdist.max()) + 1, dtype=np.float32)
     lut = np.clip((np.float32(width_mm) - d) / 2.0 + 0.5, 0.0, 1.0)
     lut[0] = 0.0
-    return lut[vdist.astype(np.intp)]
+    return lut[vdist]
 
 
 def soft_blob(shape, affine: np.ndarray, blob: Blob, edge: float = 6.0):
@@ -214,8 +222,8 @@ def apply_to_tissue(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Tissue fractions of the crop (``affine``: its voxel -> template mm) after atrophy,
     WMH and lacunes: ``(gm, wm, csf, wmh fraction or None, lacune fraction or None)``; the
-    inputs are not modified. ``vdist``: distance to deep CSF (mm); ``sulc``: the crop of
-    :func:`sulcal_exposure`."""
+    inputs are not modified. ``vdist``: integer distance to deep CSF (mm; the crop of
+    :func:`ventricle_index`); ``sulc``: the crop of :func:`sulcal_exposure`."""
     gm, wm, csf = gm.copy(), wm.copy(), csf.copy()
     if atrophy and p.atrophy > 0:
         # in place where a temporary is not needed again (the same operations in the same

@@ -177,33 +177,15 @@ def acquire_region(
     pose: np.ndarray,
     grid: Grid,
     region: np.ndarray,
-    coords: np.ndarray | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Like :func:`acquire` but only over the target voxels covering the simulation voxels
-    where ``region`` (bool, ``volume``'s shape) is set (+ 2 voxels). Returns ``(slices,
-    sub-array)`` of the target grid, or ``None`` when ``region`` is empty or off the grid.
-    ``coords``: as in :func:`acquire` (no box filter here either)."""
+    """Like :func:`acquire` (affine pose, no box filter) but only over the target voxels
+    covering the simulation voxels where ``region`` (bool, ``volume``'s shape) is set (+ 2
+    voxels). Returns ``(slices, sub-array)`` of the target grid, or ``None`` when ``region``
+    is empty or off the grid. Through a warp: :func:`sample_near`."""
     box = bounding_box(region)
     if box is None:
         return None
     lo, hi = box[0] - 2.0, box[1] + 2.0
-    if coords is not None:
-        inside = np.ones(grid.shape, dtype=bool)
-        for a in range(3):
-            inside &= (coords[a] >= lo[a]) & (coords[a] <= hi[a])
-        hit = bounding_box(inside)
-        if hit is None:
-            return None
-        slices = tuple(slice(int(a), int(b) + 1) for a, b in zip(*hit, strict=True))
-        sub = ndi.map_coordinates(
-            np.asarray(volume, dtype=np.float32),
-            coords[(slice(None), *slices)],
-            order=1,
-            mode="nearest",
-            prefilter=False,
-            output=np.float32,
-        )
-        return slices, sub  # type: ignore[return-value]
     corners = np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
     m = np.linalg.inv(sim_affine) @ pose @ grid.affine
     minv = np.linalg.inv(m)
@@ -226,6 +208,65 @@ def acquire_region(
     )
     slices = tuple(slice(int(a), int(b)) for a, b in zip(tlo, thi, strict=True))
     return slices, sub.astype(np.float32, copy=False)  # type: ignore[return-value]
+
+
+def nearest_voxels(coords: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat index (S,) intp, into a volume of ``shape``, of the voxel nearest to each sample
+    point of ``coords`` (3, *S) (voxel indices, e.g. :func:`warped_coords`), clamped into the
+    volume; S is the product of ``coords.shape[1:]``."""
+    flat = np.zeros(coords.shape[1:], dtype=np.intp)
+    for a in range(3):
+        i = np.rint(coords[a]).astype(np.intp)
+        np.clip(i, 0, shape[a] - 1, out=i)
+        flat *= shape[a]
+        flat += i
+    return flat.ravel()
+
+
+def _grow_one(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (bool, 3-D) dilated by a 3×3×3 box, as shifted ORs along each axis."""
+    out = mask.copy()
+    for a in range(3):
+        src = out.copy()
+        ahead = tuple(slice(1, None) if i == a else slice(None) for i in range(3))
+        behind = tuple(slice(None, -1) if i == a else slice(None) for i in range(3))
+        out[behind] |= src[ahead]
+        out[ahead] |= src[behind]
+    return out
+
+
+def sample_near(
+    volume: np.ndarray, coords: np.ndarray, region: np.ndarray, nearest: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of ``volume`` (trilinear, the edge value beyond it) at the target voxels that
+    ``region`` (bool, ``volume``'s shape) may reach: ``(flat target indices (N,), float32
+    values (N,))``, each exactly what ``ndi.map_coordinates(volume, coords, order=1,
+    mode="nearest")`` gives that voxel.
+
+    ``coords`` (3, *S): each target voxel's sample point (voxel indices of ``volume``);
+    ``nearest``: their :func:`nearest_voxels`. A voxel is sampled when its nearest voxel lies
+    within one voxel (3×3×3) of ``region``; a point's eight interpolation neighbours (after
+    the edge clamp) are within 1.5 voxels of that nearest voxel, so every voxel left out has
+    a value that depends on ``volume`` outside ``region`` alone."""
+    box = bounding_box(region)
+    if box is None:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+    crop = tuple(
+        slice(int(max(a - 1, 0)), int(min(b + 2, n)))
+        for a, b, n in zip(box[0], box[1], region.shape, strict=True)
+    )
+    grown = np.zeros(region.shape, dtype=bool)
+    grown[crop] = _grow_one(region[crop])
+    idx = np.flatnonzero(grown.ravel()[nearest])
+    values = ndi.map_coordinates(
+        np.asarray(volume, dtype=np.float32),
+        coords.reshape(3, -1)[:, idx],
+        order=1,
+        mode="nearest",
+        prefilter=False,
+        output=np.float32,
+    )
+    return idx, values
 
 
 def warped_coords(world_mm: np.ndarray, world_to_sim: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ with ``ignore=True``, absent from the label, its ≥ 10 % loss voxels set in the
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,10 @@ from cmbbench.datasets.synthetic.acquisition import (
     acquire_region,
     bias_field,
     box_corners,
+    nearest_voxels,
     random_pose,
     rician_noise,
+    sample_near,
     target_grid,
     warped_coords,
 )
@@ -461,16 +464,30 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
     image = acquire(sim, sim_aff, pose, grid, coords=coords)
     brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid, coords=coords) >= 0.5
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
-    for code, att_map, min_loss in tubes:
-        out = acquire_region(att_map, sim_aff, pose, grid, att_map < 1.0 - min_loss / 2.0, coords)
-        if out is not None:
-            s, sub = out
-            mimic_map[s][((1.0 - sub) >= min_loss) & brain[s]] = MIMIC_CODES[code]
+    # (volume, region, the voxels to mark given a value, code); each threshold is one the
+    # volume outside its region never meets, so only the voxels a region reaches matter
+    marks: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], str]] = [
+        (att, att < 1.0 - min_loss / 2.0, lambda v, m=min_loss: (1.0 - v) >= m, code)
+        for code, att, min_loss in tubes
+    ]
     if lacune is not None:
-        out = acquire_region(lacune, sim_aff, pose, grid, lacune > 0.25, coords)
-        if out is not None:
-            s, sub = out
-            mimic_map[s][(sub >= 0.5) & brain[s]] = MIMIC_CODES["lacune"]
+        marks.append((lacune, lacune > 0.25, lambda v: v >= 0.5, "lacune"))
+    if coords is None:  # an affine pose: the region's box of the target grid
+        for volume, region, hits, code in marks:
+            out = acquire_region(volume, sim_aff, pose, grid, region)
+            if out is not None:
+                s, sub = out
+                mimic_map[s][hits(sub) & brain[s]] = MIMIC_CODES[code]
+    else:
+        # through the warp: only the target voxels each region reaches are sampled. (The
+        # region's box of the target grid, which bounded this before, never mattered: a
+        # marked voxel is in the brain, so its sample point is within a voxel of the crop,
+        # and one of its neighbours in the region puts it within 2 voxels of the region.)
+        near = nearest_voxels(coords, sim.shape)
+        flat_map, flat_brain = mimic_map.ravel(), brain.ravel()
+        for volume, region, hits, code in marks:
+            idx, values = sample_near(volume, coords, region, near)
+            flat_map[idx[hits(values) & flat_brain[idx]]] = MIMIC_CODES[code]
     return image, brain, mimic_map, s_wm
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cmbbench.datasets.synthetic.acquisition import nearest_voxels, sample_near
+from cmbbench.datasets.synthetic.acquisition import (
+    Grid,
+    acquire,
+    acquire_mask,
+    nearest_voxels,
+    sample_near,
+)
 
 SHAPE = (23, 19, 17)
 
@@ -58,3 +64,24 @@ def test_nearest_voxels_rounds_and_clamps():
     coords = np.array([[0.4, -3.0], [1.6, 30.0], [2.5, 5.2]], dtype=np.float32)
     flat = nearest_voxels(coords, SHAPE)
     np.testing.assert_array_equal(flat, np.ravel_multi_index(([0, 0], [2, 18], [2, 5]), SHAPE))
+
+
+@pytest.mark.parametrize("slice_mm", [1.0, 3.0, 4.0])  # 4 mm: a box profile that gives exactly 0.5
+@pytest.mark.parametrize("seed", range(4))
+def test_acquire_mask_through_warp_matches_full_acquisition(seed, slice_mm):
+    rng = np.random.default_rng(seed)
+    # a blobby mask that touches one face of the volume (so that its edge is sampled there)
+    mask = ndi.gaussian_filter(rng.standard_normal(SHAPE), 2.0) > 0.0
+    mask[:, :, :2] |= rng.random((SHAPE[0], SHAPE[1], 2)) < 0.5
+    grid = Grid(np.diag([1.0, 1.0, slice_mm, 1.0]), (15, 15, 15))
+    axes = np.meshgrid(*[np.linspace(-3, n + 2, 15) for n in SHAPE], indexing="ij")
+    coords = (np.stack(axes) + rng.normal(0.0, 0.7, (3, 15, 15, 15))).astype(np.float32)
+    sim_affine, pose = np.eye(4), np.eye(4)
+
+    full = acquire(mask.astype(np.float32), sim_affine, pose, grid, coords=coords) >= 0.5
+    fast = acquire_mask(
+        mask, sim_affine, pose, grid, coords=coords, nearest=nearest_voxels(coords, SHAPE)
+    )
+    assert fast.dtype == bool and fast.shape == grid.shape
+    np.testing.assert_array_equal(fast, full)
+    assert 0 < full.sum() < full.size  # both sides of the edge are sampled

@@ -70,6 +70,19 @@ def box_kernel(width_vox: float) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
+def slice_profile(volume: np.ndarray, sim_affine: np.ndarray, grid: Grid) -> np.ndarray:
+    """``volume`` (float32, on the simulation grid ``sim_affine``) box-filtered along every
+    axis where a voxel of ``grid`` is larger than the simulation step: each target voxel's
+    integral over its extent, before sampling (:func:`acquire`)."""
+    sim_vox = np.linalg.norm(sim_affine[:3, :3], axis=0)
+    tgt_vox = np.abs(np.diag(grid.affine)[:3])
+    for axis in range(3):
+        width = tgt_vox[axis] / sim_vox[axis]
+        if width > 1.0 + 1e-6:
+            volume = ndi.convolve1d(volume, box_kernel(width), axis=axis, mode="constant")
+    return volume
+
+
 def acquire(
     volume: np.ndarray,
     sim_affine: np.ndarray,
@@ -89,12 +102,7 @@ def acquire(
     """
     vol = np.asarray(volume, dtype=np.float32)
     if filter_profile:
-        sim_vox = np.linalg.norm(sim_affine[:3, :3], axis=0)
-        tgt_vox = np.abs(np.diag(grid.affine)[:3])
-        for axis in range(3):
-            width = tgt_vox[axis] / sim_vox[axis]
-            if width > 1.0 + 1e-6:
-                vol = ndi.convolve1d(vol, box_kernel(width), axis=axis, mode="constant")
+        vol = slice_profile(vol, sim_affine, grid)
     if coords is not None:
         return ndi.map_coordinates(
             vol,
@@ -267,6 +275,48 @@ def sample_near(
         output=np.float32,
     )
     return idx, values
+
+
+def acquire_mask(
+    mask: np.ndarray,
+    sim_affine: np.ndarray,
+    pose: np.ndarray,
+    grid: Grid,
+    *,
+    coords: np.ndarray | None = None,
+    nearest: np.ndarray | None = None,
+    level: float = 0.5,
+) -> np.ndarray:
+    """``acquire(mask as float32, ...) >= level``: ``mask`` (bool, simulation grid) acquired on
+    ``grid`` (bool, ``grid.shape``).
+
+    With ``coords`` and their ``nearest`` (:func:`nearest_voxels`), only the target voxels near
+    the mask's edge are interpolated: where every voxel within one (3×3×3) of the nearest
+    voxel is above ``level`` (+ 0.001, after the slice profile) or every one below it, the
+    eight interpolation neighbours are too, and so is their weighted mean. The voxels on the
+    volume's faces are never sure to be above (beyond them ``mode="constant"`` samples 0)."""
+    vol = mask.astype(np.float32)
+    if coords is None or nearest is None:
+        return acquire(vol, sim_affine, pose, grid, coords=coords) >= level
+    vol = slice_profile(vol, sim_affine, grid)
+    tol = np.float32(1e-3)
+    sure_high = ~_grow_one(~(vol > np.float32(level) + tol))
+    for a in range(3):
+        sure_high[tuple(slice(None) if i != a else [0, -1] for i in range(3))] = False
+    sure_low = ~_grow_one(~(vol < np.float32(level) - tol))
+    out = sure_high.ravel()[nearest]
+    idx = np.flatnonzero(~out & ~sure_low.ravel()[nearest])
+    values = ndi.map_coordinates(
+        vol,
+        coords.reshape(3, -1)[:, idx],
+        order=1,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
+        output=np.float32,
+    )
+    out[idx] = values >= level
+    return out.reshape(grid.shape)
 
 
 def warped_coords(world_mm: np.ndarray, world_to_sim: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from cmbbench.datasets.synthetic import artefacts, pathology, vessels
 from cmbbench.datasets.synthetic.acquisition import (
     Grid,
     acquire,
+    acquire_mask,
     acquire_region,
     bias_field,
     box_corners,
@@ -461,8 +462,9 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
             tubes.append((code, att, 0.2))
 
     coords = _sampling(f, sim_aff)
+    near = None if coords is None else nearest_voxels(coords, sim.shape)
     image = acquire(sim, sim_aff, pose, grid, coords=coords)
-    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, pose, grid, coords=coords) >= 0.5
+    brain = acquire_mask(anat.brain[sl], sim_aff, pose, grid, coords=coords, nearest=near)
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
     # (volume, region, the voxels to mark given a value, code); each threshold is one the
     # volume outside its region never meets, so only the voxels a region reaches matter
@@ -483,7 +485,6 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
         # region's box of the target grid, which bounded this before, never mattered: a
         # marked voxel is in the brain, so its sample point is within a voxel of the crop,
         # and one of its neighbours in the region puts it within 2 voxels of the region.)
-        near = nearest_voxels(coords, sim.shape)
         flat_map, flat_brain = mimic_map.ravel(), brain.ravel()
         for volume, region, hits, code in marks:
             idx, values = sample_near(volume, coords, region, near)
@@ -671,8 +672,9 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
     t1w = dataclasses.replace(protocol, name=f"{protocol.name}-T1w", **T1W_SEQUENCE)
     sim, s_wm, sl, sim_aff, _lacune = _tissue(f, plan, t1w)
     coords = _sampling(f, sim_aff)
+    near = None if coords is None else nearest_voxels(coords, sim.shape)
     image = acquire(sim, sim_aff, f.pose, grid, coords=coords)
-    brain = acquire(anat.brain[sl].astype(np.float32), sim_aff, f.pose, grid, coords=coords) >= 0.5
+    brain = acquire_mask(anat.brain[sl], sim_aff, f.pose, grid, coords=coords, nearest=near)
     b0, te = t1w.field_strength_t, t1w.te_ms
     for c in plan.cmbs:
         out = render_dipole(

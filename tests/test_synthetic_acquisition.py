@@ -85,3 +85,22 @@ def test_acquire_mask_through_warp_matches_full_acquisition(seed, slice_mm):
     assert fast.dtype == bool and fast.shape == grid.shape
     np.testing.assert_array_equal(fast, full)
     assert 0 < full.sum() < full.size  # both sides of the edge are sampled
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_acquire_through_warp_skips_only_all_zero_neighbourhoods(seed):
+    rng = np.random.default_rng(seed)
+    # signal inside a blob (touching a face), exact zeros around it, as a brain in its crop
+    inside = ndi.gaussian_filter(rng.standard_normal(SHAPE), 2.0) > 0.3
+    inside[:, :, :2] |= rng.random((SHAPE[0], SHAPE[1], 2)) < 0.3
+    volume = np.where(inside, rng.uniform(0.1, 2.0, SHAPE), 0.0).astype(np.float32)
+    grid = Grid(np.diag([1.0, 1.0, 3.0, 1.0]), (15, 15, 15))
+    axes = np.meshgrid(*[np.linspace(-3, n + 2, 15) for n in SHAPE], indexing="ij")
+    coords = (np.stack(axes) + rng.normal(0.0, 0.7, (3, 15, 15, 15))).astype(np.float32)
+    args = (volume, np.eye(4), np.eye(4), grid)
+
+    full = acquire(*args, coords=coords)
+    fast = acquire(*args, coords=coords, nearest=nearest_voxels(coords, SHAPE))
+    assert fast.dtype == np.float32 and fast.shape == grid.shape
+    np.testing.assert_array_equal(fast.view(np.uint32), full.view(np.uint32))  # bitwise
+    assert 0 < np.count_nonzero(full) < full.size

@@ -83,6 +83,14 @@ def slice_profile(volume: np.ndarray, sim_affine: np.ndarray, grid: Grid) -> np.
     return volume
 
 
+def _sample(volume: np.ndarray, points: np.ndarray, mode: str) -> np.ndarray:
+    """Trilinear samples (N,) float32 of ``volume`` (float32) at ``points`` (3, N) voxel
+    indices: ``mode="constant"`` samples 0 beyond the volume, ``"nearest"`` its edge."""
+    return ndi.map_coordinates(
+        volume, points, order=1, mode=mode, cval=0.0, prefilter=False, output=np.float32
+    )
+
+
 def acquire(
     volume: np.ndarray,
     sim_affine: np.ndarray,
@@ -92,6 +100,7 @@ def acquire(
     filter_profile: bool = True,
     order: int = 1,
     coords: np.ndarray | None = None,
+    nearest: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a 1 mm template-space ``volume`` onto ``grid`` (float32, grid shape).
 
@@ -99,10 +108,18 @@ def acquire(
     (box along every axis where the voxel is larger than the simulation step). ``coords``
     (3, *grid.shape) float32: where each target voxel samples ``volume`` (its voxel
     indices, e.g. through a non-linear warp, :func:`warped_coords`) instead of the affine map.
+    ``nearest`` (with ``coords`` and ``order=1``; :func:`nearest_voxels`): interpolate only
+    the target voxels whose nearest voxel is within one (3×3×3) of a non-zero one; the others
+    are 0, which is what interpolating their eight zero neighbours gives.
     """
     vol = np.asarray(volume, dtype=np.float32)
     if filter_profile:
         vol = slice_profile(vol, sim_affine, grid)
+    if coords is not None and nearest is not None and order == 1:
+        idx = np.flatnonzero(_grow_one(vol != 0).ravel()[nearest])
+        out = np.zeros(grid.shape, dtype=np.float32)
+        out.ravel()[idx] = _sample(vol, coords.reshape(3, -1)[:, idx], "constant")
+        return out
     if coords is not None:
         return ndi.map_coordinates(
             vol,
@@ -266,14 +283,7 @@ def sample_near(
     grown = np.zeros(region.shape, dtype=bool)
     grown[crop] = _grow_one(region[crop])
     idx = np.flatnonzero(grown.ravel()[nearest])
-    values = ndi.map_coordinates(
-        np.asarray(volume, dtype=np.float32),
-        coords.reshape(3, -1)[:, idx],
-        order=1,
-        mode="nearest",
-        prefilter=False,
-        output=np.float32,
-    )
+    values = _sample(np.asarray(volume, dtype=np.float32), coords.reshape(3, -1)[:, idx], "nearest")
     return idx, values
 
 
@@ -306,16 +316,7 @@ def acquire_mask(
     sure_low = ~_grow_one(~(vol < np.float32(level) - tol))
     out = sure_high.ravel()[nearest]
     idx = np.flatnonzero(~out & ~sure_low.ravel()[nearest])
-    values = ndi.map_coordinates(
-        vol,
-        coords.reshape(3, -1)[:, idx],
-        order=1,
-        mode="constant",
-        cval=0.0,
-        prefilter=False,
-        output=np.float32,
-    )
-    out[idx] = values >= level
+    out[idx] = _sample(vol, coords.reshape(3, -1)[:, idx], "constant") >= level
     return out.reshape(grid.shape)
 
 

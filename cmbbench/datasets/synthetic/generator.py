@@ -463,7 +463,7 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     coords = _sampling(f, sim_aff)
     near = None if coords is None else nearest_voxels(coords, sim.shape)
-    image = acquire(sim, sim_aff, pose, grid, coords=coords)
+    image = acquire(sim, sim_aff, pose, grid, coords=coords, nearest=near)
     brain = acquire_mask(anat.brain[sl], sim_aff, pose, grid, coords=coords, nearest=near)
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
     # (volume, region, the voxels to mark given a value, code); each threshold is one the
@@ -673,7 +673,7 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
     sim, s_wm, sl, sim_aff, _lacune = _tissue(f, plan, t1w)
     coords = _sampling(f, sim_aff)
     near = None if coords is None else nearest_voxels(coords, sim.shape)
-    image = acquire(sim, sim_aff, f.pose, grid, coords=coords)
+    image = acquire(sim, sim_aff, f.pose, grid, coords=coords, nearest=near)
     brain = acquire_mask(anat.brain[sl], sim_aff, f.pose, grid, coords=coords, nearest=near)
     b0, te = t1w.field_strength_t, t1w.te_ms
     for c in plan.cmbs:

@@ -441,10 +441,23 @@ def _tissue(f: _Frame, plan: _Plan, protocol: Protocol) -> tuple:
     return sim, s_wm, sl, sim_aff, lacune
 
 
+def _acquired(
+    f: _Frame, sim: np.ndarray, sl: tuple, sim_aff: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The 1 mm signal ``sim`` (on the crop ``sl``, voxel -> template mm ``sim_aff``) and the
+    brain mask acquired on the subject's grid: ``(image, brain, sample coords or None,
+    their nearest voxels or None)`` (coords only through a warp; see :func:`_sampling`)."""
+    coords = _sampling(f, sim_aff)
+    near = None if coords is None else nearest_voxels(coords, sim.shape)
+    image = acquire(sim, sim_aff, f.pose, f.grid, coords=coords, nearest=near)
+    brain = acquire_mask(f.anat.brain[sl], sim_aff, f.pose, f.grid, coords=coords, nearest=near)
+    return image, brain, coords, near
+
+
 def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The 1 mm tissue image (:func:`_tissue`, veins and the other tubes, air-bone drop-out)
     acquired on the target grid: ``(image, brain mask, mimic code map, white-matter signal)``."""
-    anat, grid, pose, protocol, spec = f.anat, f.grid, f.pose, f.protocol, f.spec
+    grid, pose, protocol, spec = f.grid, f.pose, f.protocol, f.spec
     b0, te = protocol.field_strength_t, protocol.te_ms
     sim, s_wm, sl, sim_aff, lacune = _tissue(f, plan, protocol)
     if spec.has("veins"):
@@ -461,10 +474,7 @@ def _simulate(f: _Frame, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarra
             sim *= att
             tubes.append((code, att, 0.2))
 
-    coords = _sampling(f, sim_aff)
-    near = None if coords is None else nearest_voxels(coords, sim.shape)
-    image = acquire(sim, sim_aff, pose, grid, coords=coords, nearest=near)
-    brain = acquire_mask(anat.brain[sl], sim_aff, pose, grid, coords=coords, nearest=near)
+    image, brain, coords, near = _acquired(f, sim, sl, sim_aff)
     mimic_map = np.zeros(grid.shape, dtype=np.uint8)
     # (volume, region, the voxels to mark given a value, code); each threshold is one the
     # volume outside its region never meets, so only the voxels a region reaches matter
@@ -667,14 +677,11 @@ def generate_t1(spec: SubjectSpec) -> tuple[np.ndarray, Grid]:
     import dataclasses
 
     f = _frame(spec)
-    protocol, anat, grid = f.protocol, f.anat, f.grid
+    protocol, grid = f.protocol, f.grid
     plan = _plan(f)
     t1w = dataclasses.replace(protocol, name=f"{protocol.name}-T1w", **T1W_SEQUENCE)
     sim, s_wm, sl, sim_aff, _lacune = _tissue(f, plan, t1w)
-    coords = _sampling(f, sim_aff)
-    near = None if coords is None else nearest_voxels(coords, sim.shape)
-    image = acquire(sim, sim_aff, f.pose, grid, coords=coords, nearest=near)
-    brain = acquire_mask(anat.brain[sl], sim_aff, f.pose, grid, coords=coords, nearest=near)
+    image, brain, _coords, _near = _acquired(f, sim, sl, sim_aff)
     b0, te = t1w.field_strength_t, t1w.te_ms
     for c in plan.cmbs:
         out = render_dipole(

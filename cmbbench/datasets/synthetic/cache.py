@@ -559,17 +559,22 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=n_workers,
         mp_context=multiprocessing.get_context(method),
-        initializer=_one_thread_per_worker,
+        initializer=init_worker,
     )
 
 
-def _one_thread_per_worker() -> None:
-    """Limit each worker's native thread pools (OpenBLAS, OpenMP) to one thread: the pool
-    already puts one process on each core, and a forked worker inherits the parent's
-    pool size, so every core would otherwise run several spinning BLAS threads."""
+def init_worker() -> None:
+    """Set up a generation worker (also what the generation benchmark measures under):
+    native thread pools (OpenBLAS, OpenMP) limited to one thread, since the pool already
+    puts one process on each core and a forked worker inherits the parent's pool size (so
+    every core would otherwise run several spinning BLAS threads); and freed memory kept
+    for reuse (:func:`cmbbench.malloc.keep_freed_memory`: the worker exits with the pool)."""
     from threadpoolctl import threadpool_limits
 
+    from cmbbench.malloc import keep_freed_memory
+
     threadpool_limits(limits=1)
+    keep_freed_memory()
 
 
 def _fill_all(

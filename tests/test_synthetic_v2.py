@@ -226,3 +226,62 @@ def test_label_statistics_of_the_quick_preset_match_valdo():
     diam = equivalent_diameter_mm(np.asarray(sizes), (1.0, 1.0, 3.0))
     assert 2.4 <= np.median(diam) <= 3.3, np.median(diam)
     assert labelled / planned > 0.7  # most placed CMBs are visible enough to be labelled
+
+
+def _tissue_reference(p, gm, wm, csf, vdist, sulc, affine):
+    """apply_to_tissue as first written: every lacune step over the whole volume."""
+    gm, wm, csf = gm.copy(), wm.copy(), csf.copy()
+    f = pathology._band(vdist, 4.0 * p.atrophy)
+    g = np.maximum(f, sulc * np.float32(0.6 * p.atrophy))
+    csf += gm * g + wm * f
+    gm *= 1.0 - g
+    wm *= 1.0 - f
+    wmh = pathology._band(vdist, 8.0 * p.wmh_burden) * np.float32(0.5 + 0.5 * p.wmh_burden)
+    for b in p.wmh_patches:
+        out = pathology.soft_blob(gm.shape, affine, b)
+        if out is not None:
+            wmh[out[0]] = np.maximum(wmh[out[0]], out[1])
+    wmh = np.minimum(wmh, 1.0) * wm
+    lac = np.zeros(gm.shape, dtype=np.float32)
+    rim = np.zeros(gm.shape, dtype=np.float32)
+    for b in p.lacunes:
+        out = pathology.soft_blob(gm.shape, affine, b)
+        if out is None:
+            continue
+        lac[out[0]] = np.maximum(lac[out[0]], out[1])
+        big = pathology.Blob(b.kind, b.centre, tuple(a + 1.0 for a in b.axes))
+        out2 = pathology.soft_blob(gm.shape, affine, big)
+        if out2 is not None:
+            rim[out2[0]] = np.maximum(rim[out2[0]], out2[1])
+    csf += (gm + wm) * lac
+    gm *= 1.0 - lac
+    wm *= 1.0 - lac
+    rim = np.clip(rim - lac, 0.0, 1.0) * wm
+    return gm, wm, csf, np.maximum(wmh * (1.0 - lac), rim), lac
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lacunes_change_only_their_box_bit_for_bit(seed):
+    # apply_to_tissue works on the lacunes' bounding box only; seeded random tissue and
+    # lacunes (inside, across the edge of and outside the grid) give the whole-volume
+    # computation's fractions bit for bit
+    rng = np.random.default_rng(seed)
+    shape = (30, 34, 26)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-15.0, -17.0, -13.0)
+    gm, wm, csf, sulc = (rng.uniform(0.0, 1.0, shape).astype(np.float32) for _ in range(4))
+    vdist = rng.integers(0, 20, shape)
+    lacunes = [
+        pathology.Blob("lacune", tuple(rng.uniform(-25.0, 25.0, 3)), tuple(rng.uniform(1, 4, 3)))
+        for _ in range(int(rng.integers(1, 5)))
+    ]
+    patches = [pathology.Blob("wmh", tuple(rng.uniform(-10.0, 10.0, 3)), (3.0, 2.0, 2.0))]
+    p = pathology.Pathology(
+        age=70.0, atrophy=0.5, wmh_burden=0.4, wmh_patches=patches, lacunes=lacunes
+    )
+    got = pathology.apply_to_tissue(
+        p, gm, wm, csf, vdist, sulc, affine, atrophy=True, wmh=True, lacunes=True
+    )
+    want = _tissue_reference(p, gm, wm, csf, vdist, sulc, affine)
+    for name, a, b in zip(("gm", "wm", "csf", "wmh", "lacune"), got, want, strict=True):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=name)

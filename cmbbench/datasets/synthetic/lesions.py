@@ -65,7 +65,14 @@ def render_dipole(
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
     ijk = np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)  # (V, 3)
     offs = _subsample_offsets(vox)  # (S, 3)
-    d = (ijk[:, None, :] + offs[None, :, :]) @ affine[:3, :3].T + (affine[:3, 3] - c)  # (V, S, 3)
+    x = ijk[:, None, :] + offs[None, :, :]  # (V, S, 3) sub-voxel sample points, voxels
+    lin = affine[:3, :3]
+    if np.array_equal(lin, np.diag(np.diag(lin))):
+        # x · voxel size, exactly what the matrix product gives for a diagonal affine (its
+        # other terms are exact zeros), without one small product per voxel
+        d = x * np.diag(lin) + (affine[:3, 3] - c)  # (V, S, 3) mm from the centre
+    else:
+        d = x @ lin.T + (affine[:3, 3] - c)
     r2 = np.einsum("vsk,vsk->vs", d, d)
     if model == "gaussian":
         sigma = max(bloom_radius_mm(moment, b0_t, te_ms), core_radius_mm) / 1.5

@@ -249,6 +249,7 @@ def apply_to_tissue(
     if lacunes and p.lacunes:
         lac = np.zeros(gm.shape, dtype=np.float32)
         rim = np.zeros(gm.shape, dtype=np.float32)
+        boxes = []
         for b in p.lacunes:
             out = soft_blob(gm.shape, affine, b)
             if out is None:
@@ -256,12 +257,32 @@ def apply_to_tissue(
             lac[out[0]] = np.maximum(lac[out[0]], out[1])
             big = Blob(b.kind, b.centre, tuple(a + 1.0 for a in b.axes))
             out2 = soft_blob(gm.shape, affine, big)
+            boxes.append(out[0])
             if out2 is not None:
                 rim[out2[0]] = np.maximum(rim[out2[0]], out2[1])
-        tissue = gm + wm
-        csf += tissue * lac
-        gm *= 1.0 - lac
-        wm *= 1.0 - lac
-        rim = np.clip(rim - lac, 0.0, 1.0) * wm
-        wmh_frac = rim if wmh_frac is None else np.maximum(wmh_frac * (1.0 - lac), rim)
+                boxes.append(out2[0])
+        # Only the lacunes' box changes: outside it lac = rim = 0, and every fraction is
+        # >= +0, so csf + tissue·0, gm·1, wm·1 and max(wmh·1, 0·wm) leave them bit for bit.
+        if boxes:
+            box = _union(boxes)
+            g_, w_, c_, lac_ = gm[box], wm[box], csf[box], lac[box]
+            tissue = g_ + w_
+            c_ += tissue * lac_
+            g_ *= 1.0 - lac_
+            w_ *= 1.0 - lac_
+            rim[box] = np.clip(rim[box] - lac_, 0.0, 1.0) * w_
+            if wmh_frac is None:
+                wmh_frac = rim
+            else:
+                wmh_frac[box] = np.maximum(wmh_frac[box] * (1.0 - lac_), rim[box])
+        elif wmh_frac is None:
+            wmh_frac = rim
     return gm, wm, csf, wmh_frac, lac
+
+
+def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
+    """The bounding box (slices) of ``boxes`` (each a tuple of slices with start/stop)."""
+    return tuple(
+        slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes))
+        for i in range(len(boxes[0]))
+    )

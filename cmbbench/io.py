@@ -2,7 +2,8 @@
 
 Every file cmbbench writes goes through :func:`write_atomic` (temp file in the same folder,
 fsync, rename; NIfTI files without the fsync), so a crash never leaves a half-written file
-under the final name. ``.nii.gz`` files are gzipped by :func:`gzip_bytes` (ISA-L). JSON is
+under the final name; the file gets the permissions a plain ``open`` would give it (``0o666``
+less the umask), so a cache filled by one user is readable by the others it is shared with. ``.nii.gz`` files are gzipped by :func:`gzip_bytes` (ISA-L). JSON is
 written by :func:`dumps` (sorted keys, 2-space indent, NaN/Inf as ``null``): the same data
 always gives the same bytes. NIfTI arrays come back in the file's own voxel order (no
 reorientation); see :mod:`cmbbench.cases`. nibabel is imported only when a NIfTI file is
@@ -74,6 +75,7 @@ def write_atomic(
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0o600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -82,6 +84,20 @@ def write_atomic(
     if sync_folder:
         _fsync_folder(path.parent)
     return path
+
+
+def _umask() -> int:
+    """This process's file-creation mask (``/proc/self/status`` on Linux; elsewhere read by
+    setting and restoring it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import builtins
 import gzip
+import os
+import stat
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from cmbbench.io import gzip_bytes, load_nifti, save_nifti
+import cmbbench.io as io_mod
+from cmbbench.io import gzip_bytes, load_nifti, save_nifti, write_atomic
 
 AFFINE = np.array([[0.9, 0, 0, -70.0], [0, 0.9, 0, -90.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
 
@@ -62,3 +66,32 @@ def test_gzip_without_isal_falls_back_to_zlib(monkeypatch):
     assert without != with_isal  # another compressor ran
     assert gzip.decompress(without) == gzip.decompress(with_isal) == data
     assert without[4:8] == b"\x00\x00\x00\x00"
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX permissions")
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_written_files_get_the_umask_permissions(tmp_path, mask, monkeypatch):
+    # a shared cache: what one user writes must be as readable as a plain open() would make
+    # it (0o666 less the umask: 0o644, 0o640, 0o600), not mkstemp's 0o600
+    old = os.umask(mask)
+    try:
+        path = write_atomic(tmp_path / "a.json", "{}\n")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+        # the fallback (no /proc) reads the same mask
+        monkeypatch.setattr(io_mod, "Path", _NoProcPath)
+        assert io_mod._umask() == mask
+    finally:
+        os.umask(old)
+
+
+class _NoProcPath:
+    """A ``Path`` stand-in for a system without ``/proc``."""
+
+    def __init__(self, *parts: object) -> None:
+        pass
+
+    def read_text(self) -> str:
+        raise OSError("no /proc here")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,13 +31,51 @@ def plotting_version() -> str:
     return f"matplotlib {matplotlib.__version__}"
 
 
+_TRADEMARKS = re.compile(r"\((?:R|TM)\)|\bProcessor\b|\bCPU\b")
+
+
+def short_hardware(hardware: str) -> str:
+    """``"cpu (Intel(R) Xeon(R) Processor, 2 cores)"`` -> ``"cpu (Intel Xeon, 2 cores)"``:
+    the hardware label without trademark signs and filler words, for legends."""
+    return " ".join(_TRADEMARKS.sub("", hardware).split()).replace(" ,", ",")
+
+
 def row_labels(table: Table) -> list[str]:
-    """Legend labels: the model name, plus recipe and hardware where a model has several rows."""
-    names = [r.model for r in table.rows]
-    return [
-        r.model if names.count(r.model) == 1 else f"{r.model} [{r.recipe}, {r.hardware}]"
-        for r in table.rows
-    ]
+    """Legend labels: the model name, plus what tells apart the rows of a model that has
+    several (its recipe where the recipes differ, its hardware where that differs)."""
+    out = []
+    for r in table.rows:
+        same = [o for o in table.rows if o.model == r.model]
+        if len(same) == 1:
+            out.append(r.model)
+            continue
+        parts = []
+        if len({o.recipe for o in same}) > 1:
+            parts.append(r.recipe)
+        if len({o.hardware for o in same}) > 1 or not parts:
+            parts.append(short_hardware(r.hardware))
+        out.append(f"{r.model} [{', '.join(parts)}]")
+    return out
+
+
+_LINES = ("-", "--", ":")
+_HATCHES = (None, "//", "..")
+
+
+def _color(i: int) -> str:
+    """The i-th row's colour: the ten of matplotlib's default cycle; rows past the tenth
+    repeat them with a dashed line or hatched bar (``_LINES``, ``_HATCHES``)."""
+    return f"C{i % 10}"
+
+
+def _legend_outside(fig, ax, n_entries: int) -> None:
+    """A legend to the right of the axes (it never covers a curve or a bar), the figure
+    widened so that the axes keep their width."""
+    if n_entries == 0:
+        return
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w + 3.2, h)
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
@@ -83,13 +122,13 @@ def plot_froc(table: Table, path: Path) -> Path:
     """FROC curves (sensitivity vs FP per scan, log axis) of every row on one figure."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    for row, label in zip(table.rows, row_labels(table), strict=True):
+    for i, (row, label) in enumerate(zip(table.rows, row_labels(table), strict=True)):
         pts = froc_points(row)
         if pts is None:
             continue
         fp, sens = pts
         fp = np.maximum(fp, FP_RATES[0] / 2)  # the origin sits at the left edge of the log axis
-        ax.step(fp, sens, where="post", label=label)
+        ax.step(fp, sens, where="post", label=label, color=_color(i), linestyle=_LINES[i // 10 % 3])
     ax.set_xscale("log", base=2)
     ax.set_xlim(FP_RATES[0] / 2, max(FP_RATES) * 2)
     ax.set_ylim(0, 1.02)
@@ -98,8 +137,7 @@ def plot_froc(table: Table, path: Path) -> Path:
     ax.set_ylabel("Sensitivity")
     ax.set_title("FROC (seeds pooled)")
     ax.grid(True, alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7, loc="lower right")
+    _legend_outside(fig, ax, len(ax.lines))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -138,7 +176,15 @@ def plot_size_recall(table: Table, path: Path) -> Path:
     for i, (row, label) in enumerate(zip(table.rows, row_labels(table), strict=True)):
         rec, n = size_recall(row)
         counts = n / max(len(row.runs), 1)
-        ax.bar(x + (i - (len(table.rows) - 1) / 2) * width, np.nan_to_num(rec), width, label=label)
+        ax.bar(
+            x + (i - (len(table.rows) - 1) / 2) * width,
+            np.nan_to_num(rec),
+            width,
+            label=label,
+            color=_color(i),
+            hatch=_HATCHES[i // 10 % 3],
+            edgecolor="white" if i >= 10 else None,
+        )
     if counts is not None:
         labels = [f"{lab}\n(n={c:g})" for lab, c in zip(labels, counts, strict=True)]
     ax.set_xticks(x, labels)
@@ -147,8 +193,7 @@ def plot_size_recall(table: Table, path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_title("Recall by CMB size (seeds pooled)")
     ax.grid(True, axis="y", alpha=0.3)
-    if table.rows:
-        ax.legend(fontsize=7)
+    _legend_outside(fig, ax, len(table.rows))
     fig.tight_layout()
     return _save(fig, path)
 

@@ -26,10 +26,10 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cmbbench.datasets.synthetic.anatomy import eligible_indices, indices_in_box, load_anatomy
 from cmbbench.datasets.synthetic.mimics import BRAIN_CENTRE_MNI, Vein
+from cmbbench.datasets.synthetic.nearest import nearest_points
 from cmbbench.datasets.synthetic.sampling import GAMMA_RAD_PER_S_T
 
 #: (medullary, cortical) vein count ranges per sequence
@@ -297,7 +297,8 @@ def _ball(r: int) -> np.ndarray:
 def render_tubes(tubes: list[Vein], bloom: float = 0.0) -> np.ndarray:
     """Multiplicative attenuation (float32, anatomy-grid shape) of ``tubes``: each voxel within
     2.5 widths of a centre line keeps ``1 − loss · exp(−d² / 2w²)`` of its signal, with ``d``,
-    ``w`` and ``loss`` of its nearest centre-line point (one KD-tree query for all tubes);
+    ``w`` and ``loss`` of its nearest centre-line point (one nearest-point search for all
+    tubes: :func:`cmbbench.datasets.synthetic.nearest.nearest_points`);
     ``bloom``: see :func:`tube_set`."""
     anat = load_anatomy()
     att = np.ones(anat.shape, dtype=np.float32)
@@ -324,7 +325,9 @@ def render_tubes(tubes: list[Vein], bloom: float = 0.0) -> np.ndarray:
     flat = np.flatnonzero(mark[interior])
     cand = np.stack(np.unravel_index(flat, anat.shape), axis=1)
     world = cand @ anat.affine[:3, :3].T + anat.affine[:3, 3]
-    dist, nearest = cKDTree(ts.points).query(world, distance_upper_bound=2.5 * ts.width.max())
+    dist, nearest = nearest_points(
+        ts.points, cand, world, anat.affine, anat.shape, 2.5 * float(ts.width.max())
+    )
     hit = np.isfinite(dist)
     w = ts.width[nearest[hit]]
     loss = ts.loss[nearest[hit]] * np.exp(-(dist[hit] ** 2) / (2.0 * w * w))

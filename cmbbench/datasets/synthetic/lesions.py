@@ -25,13 +25,18 @@ MAX_BOX_MM = 14.0
 SUBSAMPLE_MM = 0.3  # sub-voxel sampling step (mm), 3 to 13 samples per axis
 
 
-def _subsample_offsets(voxel_mm: np.ndarray) -> np.ndarray:
-    """Sub-voxel sample offsets (S, 3) in voxel units, a regular grid inside [−0.5, 0.5]³."""
+def _subsample_axes(voxel_mm: np.ndarray) -> list[np.ndarray]:
+    """Per-axis sub-voxel sample offsets in voxel units, a regular grid inside [−0.5, 0.5]."""
     axes = []
     for v in voxel_mm:
         n = int(np.clip(np.ceil(v / SUBSAMPLE_MM), 3, 13))
         axes.append((np.arange(n, dtype=np.float64) + 0.5) / n - 0.5)
-    g = np.meshgrid(*axes, indexing="ij")
+    return axes
+
+
+def _subsample_offsets(voxel_mm: np.ndarray) -> np.ndarray:
+    """Sub-voxel sample offsets (S, 3) in voxel units: the axes' grid, the last axis fastest."""
+    g = np.meshgrid(*_subsample_axes(voxel_mm), indexing="ij")
     return np.stack([a.ravel() for a in g], axis=1)
 
 
@@ -62,29 +67,50 @@ def render_dipole(
     hi = np.minimum(np.ceil(cijk + ext).astype(int) + 1, shape)
     if np.any(hi <= lo):
         return None
-    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
-    ijk = np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)  # (V, 3)
-    offs = _subsample_offsets(vox)  # (S, 3)
-    x = ijk[:, None, :] + offs[None, :, :]  # (V, S, 3) sub-voxel sample points, voxels
+    axes = _subsample_axes(vox)
     lin = affine[:3, :3]
     if np.array_equal(lin, np.diag(np.diag(lin))):
-        # x · voxel size, exactly what the matrix product gives for a diagonal affine (its
-        # other terms are exact zeros), without one small product per voxel
-        d = x * np.diag(lin) + (affine[:3, 3] - c)  # (V, S, 3) mm from the centre
+        # A diagonal affine makes the offset along axis k depend only on the voxel's and
+        # the sample's index along k: each axis' squared offsets are a small (n_k, S_k)
+        # table, broadcast into the (V, S) box. The element values are those of
+        # ``(ijk + offs) · voxel size + (origin − centre)`` summed as (x² + y²) + z², with
+        # no (V, S, 3) array of sample points.
+        step = np.diag(lin)
+        shift = affine[:3, 3] - c
+        sq = []
+        for ax in range(3):
+            idx = np.arange(lo[ax], hi[ax]).astype(np.float64)
+            d_ax = (idx[:, None] + axes[ax][None, :]) * step[ax] + shift[ax]  # (n_ax, S_ax) mm
+            sq.append(d_ax * d_ax)
+        z2 = sq[2][None, None, :, None, None, :]
+        r2 = sq[0][:, None, None, :, None, None] + sq[1][None, :, None, None, :, None] + z2
+        # r2: (n0, n1, n2, S0, S1, S2) mm² from the centre, C-contiguous, so its (V, S)
+        # reshape below is the voxel-major, sample-minor layout of the general branch
     else:
-        d = x @ lin.T + (affine[:3, 3] - c)
-    r2 = np.einsum("vsk,vsk->vs", d, d)
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+        ijk = np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)  # (V, 3)
+        x = ijk[:, None, :] + _subsample_offsets(vox)[None, :, :]  # (V, S, 3) voxels
+        d = x @ lin.T + (affine[:3, 3] - c)  # (V, S, 3) mm from the centre
+        r2 = np.einsum("vsk,vsk->vs", d, d)
+        z2 = d[..., 2] ** 2  # (V, S)
+    n_vox = int(np.prod(hi - lo))
     if model == "gaussian":
         sigma = max(bloom_radius_mm(moment, b0_t, te_ms), core_radius_mm) / 1.5
-        att = np.abs(1.0 - 0.9 * np.exp(-r2 / (2.0 * sigma * sigma))).mean(axis=1)
+        att = np.abs(1.0 - 0.9 * np.exp(-r2 / (2.0 * sigma * sigma)))
+        att = att.reshape(n_vox, -1).mean(axis=1)
     else:
         k = GAMMA_RAD_PER_S_T * b0_t * te_ms * 1e-3 * moment * 1e-6 / (4.0 * np.pi)
         r2 = np.maximum(r2, 1e-12)
-        cos2 = d[..., 2] ** 2 / r2
+        cos2 = z2 / r2
         phi = k * (3.0 * cos2 - 1.0) / (r2 * np.sqrt(r2))
         outside = r2 > core_radius_mm * core_radius_mm
-        re = np.where(outside, np.cos(phi), 0.0).mean(axis=1)
-        im = np.where(outside, np.sin(phi), 0.0).mean(axis=1)
+        inside = ~outside
+        re = np.cos(phi)
+        np.copyto(re, 0.0, where=inside)  # the core contributes no signal
+        im = np.sin(phi, out=phi)
+        np.copyto(im, 0.0, where=inside)
+        re = re.reshape(n_vox, -1).mean(axis=1)
+        im = im.reshape(n_vox, -1).mean(axis=1)
         att = np.sqrt(re * re + im * im)
     box = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
     slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))

@@ -93,7 +93,8 @@ def render_dipole(
         d = x @ lin.T + (affine[:3, 3] - c)  # (V, S, 3) mm from the centre
         r2 = np.einsum("vsk,vsk->vs", d, d)
         z2 = d[..., 2] ** 2  # (V, S)
-    n_vox = int(np.prod(hi - lo))
+    box = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    n_vox = int(np.prod(box))
     if model == "gaussian":
         sigma = max(bloom_radius_mm(moment, b0_t, te_ms), core_radius_mm) / 1.5
         att = np.abs(1.0 - 0.9 * np.exp(-r2 / (2.0 * sigma * sigma)))
@@ -103,15 +104,13 @@ def render_dipole(
         r2 = np.maximum(r2, 1e-12)
         cos2 = z2 / r2
         phi = k * (3.0 * cos2 - 1.0) / (r2 * np.sqrt(r2))
-        outside = r2 > core_radius_mm * core_radius_mm
-        inside = ~outside
+        inside = r2 <= core_radius_mm * core_radius_mm  # the core contributes no signal
         re = np.cos(phi)
-        np.copyto(re, 0.0, where=inside)  # the core contributes no signal
+        np.copyto(re, 0.0, where=inside)
         im = np.sin(phi, out=phi)
         np.copyto(im, 0.0, where=inside)
         re = re.reshape(n_vox, -1).mean(axis=1)
         im = im.reshape(n_vox, -1).mean(axis=1)
         att = np.sqrt(re * re + im * im)
-    box = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
     slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     return slices, np.clip(att, 0.0, 1.0).astype(np.float32).reshape(box)  # type: ignore[return-value]

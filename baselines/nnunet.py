@@ -25,7 +25,7 @@ pipeline on the run's data and nothing of cmbbench's network engine:
 4. **prediction**: nnU-Net's ``nnUNetPredictor`` (its preprocessing, Gaussian-weighted
    sliding window, optional mirroring, resampling back to the image grid) gives the class-1
    softmax (X, Y, Z) on the case's own grid; on a CPU whose recipe's ``amp_cpu`` asks for
-   bf16 (``quick``: ``"auto"``, bf16 on a CPU with native bf16) its network runs under bf16
+   bf16 (``quick``: ``"auto"``, bf16 on a CPU where it is the faster) its network runs under bf16
    autocast (:func:`cpu_autocast`), as cmbbench's engine infers, where nnU-Net itself would
    run float32 (it autocasts on CUDA only);
 5. **post-processing**: the threshold and minimum component size are tuned on the
@@ -570,7 +570,7 @@ def predict_probability(
 
 def cpu_autocast(device: str, recipe: Mapping[str, Any]) -> str | None:
     """``"bfloat16"`` when nnU-Net's predictor runs on a CPU and the recipe's ``amp_cpu``
-    asks for bf16 (``"on"``, or ``"auto"`` on a CPU with native bf16: the engine's own rule,
+    asks for bf16 (``"on"``, or ``"auto"`` on a CPU where bf16 is the faster: the engine's own rule,
     :func:`cmbbench.engine.trainer.autocast_dtype`), else ``None`` (float32). Training is
     nnU-Net's own and stays float32 on CPU."""
     import torch

@@ -9,10 +9,12 @@
 (c) sliding-window inference voxels/s on a 160×200×56 volume: the ``quick`` recipe
     (whole volume) and the ``full`` recipe's 80×80×40 windows with 50 % overlap.
 
-Both (a) and (b) use the ``quick`` recipe's precision (bfloat16 autocast on CPUs with native
-bf16, float32 otherwise; float16 on CUDA). Run:
+Both (a) and (b) use the ``quick`` recipe's precision (bfloat16 autocast on CPUs where bf16
+is the faster, :func:`cmbbench.engine.trainer.cpu_prefers_bf16`, float32 otherwise; float16
+on CUDA). Run:
 ``pytest benchmarks/bench_engine.py --benchmark-only -s`` (``-s`` prints the figures;
-``CMBBENCH_BENCH_DEVICE=cuda`` to run on a GPU, ``CMBBENCH_BENCH_STEPS`` to change the steps).
+``CMBBENCH_BENCH_DEVICE=cuda`` to run on a GPU, ``CMBBENCH_BENCH_STEPS`` to change the steps,
+``CMBBENCH_BENCH_AMP_CPU=on|off`` to force the CPU precision).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ RESULTS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def setup():
-    recipe = resolve_recipe(
-        "quick", None, {"steps": STEPS, "val_every": 10**6, "checkpoint_every": 10**6}
-    ).recipe
+    overrides: dict[str, object] = {"steps": STEPS, "val_every": 10**6, "checkpoint_every": 10**6}
+    if os.environ.get("CMBBENCH_BENCH_AMP_CPU"):
+        overrides["amp_cpu"] = os.environ["CMBBENCH_BENCH_AMP_CPU"]
+    recipe = resolve_recipe("quick", None, overrides).recipe
     volumes = prepare_volumes([bench_volume(i) for i in range(4)], standardize)
     sampler = PatchSampler.from_recipe(volumes, recipe, seed=0)
     return recipe, sampler
@@ -123,6 +126,8 @@ def test_inference_voxels_per_second(benchmark, preset):
     recipe = resolve_recipe(preset).recipe
     if DEVICE.type == "cpu" and preset == "full":
         recipe = dataclasses.replace(recipe, amp_cpu="auto")
+    if os.environ.get("CMBBENCH_BENCH_AMP_CPU"):
+        recipe = dataclasses.replace(recipe, amp_cpu=os.environ["CMBBENCH_BENCH_AMP_CPU"])
     model = _model().eval()
     image = standardize(bench_volume(9).image)
     predict_probability(model, image[:64, :64, :32], recipe, device=DEVICE, divisor=8)  # warm-up

@@ -18,7 +18,7 @@ from cmbbench.engine.checkpoint import (
 from cmbbench.engine.losses import CmbLoss, focal_tversky_loss
 from cmbbench.engine.patches import PatchSampler, make_loader, prepare_volumes
 from cmbbench.engine.recipe import Recipe, RecipeError, resolve_recipe
-from cmbbench.engine.trainer import lr_at, train
+from cmbbench.engine.trainer import autocast_dtype, bf16_is_faster, lr_at, train
 from cmbbench.errors import UnknownNameError
 from cmbbench.options import OptionError, parse_key_values
 
@@ -91,6 +91,31 @@ def test_lr_schedule():
 
 
 # ----------------------------------------------------------------------------- losses
+@pytest.mark.parametrize(
+    ("vendor", "flags", "expected"),
+    [
+        ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, True),  # Zen 4: bf16 is faster
+        ("AuthenticAMD", {"avx2", "avx512f"}, False),  # Zen 3 / Zen 4 without the flag
+        ("GenuineIntel", {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True),  # AMX
+        # Emerald Rapids guest with AMX hidden: bf16 at half the float32 rate (measured)
+        ("GenuineIntel", {"avx512f", "avx512_bf16", "avx512_fp16"}, False),
+        ("GenuineIntel", {"avx2", "fma"}, False),
+        ("", set(), False),  # nothing readable
+    ],
+)
+def test_bf16_is_only_chosen_where_it_is_faster(vendor, flags, expected, monkeypatch):
+    assert bf16_is_faster(vendor, flags) is expected
+    import cmbbench.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "cpu_prefers_bf16", lambda: bf16_is_faster(vendor, flags))
+    cpu = torch.device("cpu")
+    auto = autocast_dtype(Recipe(amp_cpu="auto"), cpu)
+    assert auto == (torch.bfloat16 if expected else None)
+    # "on" and "off" do not look at the CPU
+    assert autocast_dtype(Recipe(amp_cpu="on"), cpu) == torch.bfloat16
+    assert autocast_dtype(Recipe(amp_cpu="off"), cpu) is None
+
+
 def test_focal_tversky_values():
     t = torch.zeros(1, 4, 4, 4)
     t[0, 1, 1, 1] = 1

@@ -212,9 +212,9 @@ def test_cpu_autocast_follows_the_recipes_amp_cpu(monkeypatch: pytest.MonkeyPatc
     assert cpu_autocast("cpu", {"amp_cpu": "on"}) == "bfloat16"
     assert cpu_autocast("cpu", {"amp_cpu": "off"}) is None
     assert cpu_autocast("cuda", {"amp_cpu": "on"}) is None  # nnU-Net's own float16 there
-    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(trainer, "cpu_prefers_bf16", lambda: False)
     assert cpu_autocast("cpu", {"amp_cpu": "auto"}) is None
-    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer, "cpu_prefers_bf16", lambda: True)
     assert cpu_autocast("cpu", {"amp_cpu": "auto"}) == "bfloat16"
     assert cpu_autocast("cpu", {}) is None  # the Recipe default, "off"
 

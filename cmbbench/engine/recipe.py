@@ -93,7 +93,8 @@ class Recipe:
     pp_min_sizes: tuple[int, ...] = (1, 2, 3, 5)
     # --- runtime
     amp: bool = True  # float16 mixed precision on CUDA
-    # bfloat16 autocast on CPU: "auto" = only where the CPU has native bf16 (avx512_bf16/AMX)
+    # bfloat16 autocast on CPU: "auto" = only where bf16 is the faster (AMX, or AMD with
+    # avx512_bf16: trainer.bf16_is_faster)
     amp_cpu: Literal["auto", "on", "off"] = "off"
     num_workers: int = 2  # data-loading worker processes (0 = in the main process)
     seed: int = 0
@@ -133,7 +134,7 @@ _FULL = Recipe(
 # CPU recipe for two cores: same network and loss, smaller and fewer patches, a larger
 # learning rate with a cosine decay (few steps), no rotation (its interpolation costs CPU
 # time, and in-plane rotation matters little at 1×1×3 mm with this budget), bfloat16 autocast
-# where the CPU computes bf16 natively (several times faster 3-D convolutions), one
+# where the CPU computes bf16 faster than float32 (AMX, AMD Zen 4+), one
 # validation at the end (its probability maps are reused for the post-processing search)
 # and whole-volume inference (no overlap: every voxel is computed once).
 _QUICK = dataclasses.replace(

@@ -133,3 +133,65 @@ def test_runs_times_datasets_give_a_result_per_pair_and_the_matrix(tmp_path):
     # --root NAME=DIR is checked against the targets
     r = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "y"), "--root", "valdo=/nope"])
     assert r.exit_code == 1 and "NAME=DIR" in r.output
+
+
+def _report(run: str, trained: dict, target: dict, f1: float):
+    """A score report as ``cmbbench evaluate`` writes it, reduced to what the matrix reads."""
+    from cmbbench.scoring.records import ScoreReport
+
+    base = {"name": "synthetic", "version": "2.0", "cohorts": ["t2s2d_3t_1x1x3"]}
+    info = {
+        "model": "unet3d",
+        "run": run,
+        "trained_on": {**base, "options": trained},
+        "dataset": {**base, "split": "val", "options": target},
+    }
+    metrics = {"headline": {"f1_micro": {"value": f1, "ci": [f1 - 0.1, f1 + 0.1]}}}
+    return ScoreReport(cases=[], metrics=metrics, info=info)
+
+
+def test_a_column_is_the_target_alone_whichever_run_was_scored_on_it():
+    from cmbbench.leaderboard.matrix import build_matrix, render_matrix_markdown
+
+    full, no_veins = {"preset": "quick"}, {"preset": "quick", "without": "veins"}
+    # two runs (one trained with the veins, one without) on one target without veins: one
+    # column, not one per run; the home mark goes to the run trained on that very distribution
+    m = build_matrix(
+        [
+            (_report("a", full, no_veins, 0.716), "a.json"),
+            (_report("b", no_veins, no_veins, 0.742), "b.json"),
+        ]
+    )
+    col = "synthetic v2.0 val [t2s2d_3t_1x1x3] (preset=quick, without=veins)"
+    assert m.columns == [col]
+    row_a = "unet3d (a) trained on synthetic v2.0 [t2s2d_3t_1x1x3]"
+    row_b = "unet3d (b) trained on synthetic v2.0 [t2s2d_3t_1x1x3] (without=veins)"
+    assert m.rows == [row_a, row_b]  # preset=quick is every run's: said once, not per row
+    assert m.common_runs == {"preset": "quick"}
+    assert m.home == {row_b: col}
+    md = render_matrix_markdown(m)
+    assert "Options of every run: preset=quick." in md
+    assert f"| {row_a} | 0.716 [0.616, 0.816], n/a FP/scan (n=0) |" in md
+    assert f"| {row_b} | 0.742 [0.642, 0.842], n/a FP/scan (n=0) * |" in md
+
+
+def test_another_draw_of_the_same_distribution_is_home_and_shared_options_are_said_once():
+    from cmbbench.leaderboard.matrix import build_matrix
+
+    # the generalisation matrix: one run, a test draw (n, seed) per protocol; the draw of the
+    # training protocol is its own data, a run's other option (without=...) would not be
+    reports = []
+    for proto in ("swi_3t_094x094x175", "t2s2d_3t_1x1x3"):
+        target = {"preset": "quick", "n": 60, "seed": 1, "protocol": proto}
+        r = _report("a", {"preset": "quick"}, target, 0.5)
+        r.info["dataset"]["cohorts"] = [proto]
+        reports.append((r, f"{proto}.json"))
+    m = build_matrix(reports)
+    assert m.common_targets == {"n": 60, "preset": "quick", "seed": 1}
+    assert m.columns == [
+        "synthetic v2.0 val [swi_3t_094x094x175] (protocol=swi_3t_094x094x175)",
+        "synthetic v2.0 val [t2s2d_3t_1x1x3] (protocol=t2s2d_3t_1x1x3)",
+    ]
+    assert list(m.home.values()) == [m.columns[1]]
+    shifted = _report("c", {"preset": "quick", "without": "veins"}, {"preset": "quick"}, 0.5)
+    assert build_matrix([(shifted, "c.json")]).home == {}

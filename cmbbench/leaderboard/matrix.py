@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cmbbench.scoring.records import ScoreReport
@@ -37,12 +37,16 @@ class MatrixCell:
 class CrossDatasetMatrix:
     """Rows: source runs (``"<model> (<run>) trained on <dataset> v<version>"``); columns:
     targets (``"<dataset> <split>"``); ``cells[(row, column)]``; ``home[row]``: the column of
-    the row's own dataset, if it is a target."""
+    the row's own dataset, if it is a target; ``common_targets`` / ``common_runs``: the
+    options every target / every run's training data shares, left
+    out of the labels."""
 
     rows: list[str]
     columns: list[str]
     cells: dict[tuple[str, str], MatrixCell]
     home: dict[str, str]
+    common_targets: dict[str, Any] = field(default_factory=dict)
+    common_runs: dict[str, Any] = field(default_factory=dict)
 
 
 def _headline(report: ScoreReport, name: str) -> tuple[float | None, Any]:
@@ -54,51 +58,96 @@ def _cohort_text(cohorts: Any) -> str:
     return f" [{', '.join(cohorts)}]" if cohorts and len(cohorts) <= 2 else ""
 
 
-def row_label(info: dict[str, Any]) -> str:
-    """A source run's row label from an evaluate report's ``info`` (with the cohort / protocol
-    it was trained on, when the run records one or two)."""
+# Options that draw another sample from the same distribution (how many cases, which seed, which
+# preset of sizes, which protocol: the protocol itself is compared through the cohorts, the
+# cache and the split file only say where the cases live and which of them are tested). A run
+# scored on a target that differs from its training data in these alone is on its own data; any
+# other difference (``without=veins``, another lesion model, agreement labels) is a shift.
+SAMPLE_OPTIONS = frozenset(
+    {"n", "seed", "preset", "protocol", "cache_dir", "root", "workers", "split_file"}
+)
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")" if options else ""
+
+
+def _items(options: Any) -> frozenset[tuple[str, str]]:
+    return frozenset((k, repr(v)) for k, v in (options or {}).items())
+
+
+def _drop(options: Any, common: frozenset[tuple[str, str]]) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if (k, repr(v)) not in common}
+
+
+def row_label(info: dict[str, Any], common: frozenset[tuple[str, str]] = frozenset()) -> str:
+    """A source run's row label from an evaluate report's ``info``: model, run, the dataset and
+    version it was trained on, the cohort / protocol when the run records one or two, and its
+    training options except ``common`` (those every row of the matrix shares)."""
     trained = info.get("trained_on") or {}
     return (
         f"{info.get('model')} ({info.get('run')}) trained on {trained.get('name')} "
-        f"v{trained.get('version')}" + _cohort_text(trained.get("cohorts"))
+        f"v{trained.get('version')}"
+        + _cohort_text(trained.get("cohorts"))
+        + _options_text(_drop(trained.get("options"), common))
     )
 
 
-def column_label(info: dict[str, Any]) -> str:
-    """A target's column label from an evaluate report's ``info`` (its version and cohort /
-    protocol when the report has them: one column per protocol of a generalisation matrix)."""
+def column_label(info: dict[str, Any], common: frozenset[tuple[str, str]] = frozenset()) -> str:
+    """A target's column label from an evaluate report's ``info``: the target alone (never the
+    run that was scored on it), with its version, cohort / protocol and options except
+    ``common`` (those every column of the matrix shares): one column per protocol of a
+    generalisation matrix, one per option set of a dataset."""
     d = info.get("dataset") or {}
     version = f" v{d['version']}" if d.get("version") else ""
     label = f"{d.get('name')}{version} {d.get('split') or 'all'}" + _cohort_text(d.get("cohorts"))
-    trained = info.get("trained_on") or {}
-    own = trained.get("options") or {} if trained.get("name") == d.get("name") else {}
-    extra = {k: v for k, v in (d.get("options") or {}).items() if own.get(k) != v}
-    if extra:  # options of this target beyond the run's own (a target of its own)
-        label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")"
-    return label
+    return label + _options_text(_drop(d.get("options"), common))
 
 
 def _is_home(info: dict[str, Any]) -> bool:
     """Whether a report scores a run on its own data: the same dataset and, where both sides
-    record them, the same version and cohorts."""
+    record them, the same version and cohorts, and options that differ only in
+    :data:`SAMPLE_OPTIONS` (another draw of the same distribution)."""
     trained, target = info.get("trained_on") or {}, info.get("dataset") or {}
     if trained.get("name") != target.get("name"):
         return False
     if trained.get("version") and target.get("version") and trained["version"] != target["version"]:
         return False
     t_coh, d_coh = trained.get("cohorts"), target.get("cohorts")
-    return not (t_coh and d_coh and sorted(t_coh) != sorted(d_coh))
+    if t_coh and d_coh and sorted(t_coh) != sorted(d_coh):
+        return False
+    t_opt, d_opt = trained.get("options") or {}, target.get("options") or {}
+    keys = (set(t_opt) | set(d_opt)) - SAMPLE_OPTIONS
+    return all(repr(t_opt.get(k)) == repr(d_opt.get(k)) for k in keys)
+
+
+def _common(option_sets: list[Any]) -> frozenset[tuple[str, str]]:
+    """The (option, value) pairs every one of ``option_sets`` has (none for fewer than two)."""
+    if len(option_sets) < 2:
+        return frozenset()
+    return frozenset.intersection(*(_items(o) for o in option_sets))
+
+
+def _shared(option_sets: list[Any], common: frozenset[tuple[str, str]]) -> dict[str, Any]:
+    first = option_sets[0] if option_sets else None
+    return dict(sorted((k, v) for k, v in (first or {}).items() if (k, repr(v)) in common))
 
 
 def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatrix:
     """The matrix of ``(report, file)`` pairs written by ``cmbbench evaluate``; rows and
-    columns sorted by label (the same matrix whatever order the files come in)."""
+    columns sorted by label (the same matrix whatever order the files come in). A column is a
+    target alone, whichever runs were scored on it; options shared by every target (every
+    run) are left out of the labels and stated once in ``common_targets`` (``common_runs``)."""
+    infos = [report.info for report, _ in reports]
+    targets = {column_label(i): (i.get("dataset") or {}).get("options") for i in infos}
+    sources = {row_label(i): (i.get("trained_on") or {}).get("options") for i in infos}
+    common_c, common_r = _common(list(targets.values())), _common(list(sources.values()))
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], MatrixCell] = {}
     home: dict[str, str] = {}
     for report, file in reports:
-        r, c = row_label(report.info), column_label(report.info)
+        r, c = row_label(report.info, common_r), column_label(report.info, common_c)
         if r not in rows:
             rows.append(r)
         if c not in columns:
@@ -117,7 +166,14 @@ def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatr
         )
         if _is_home(report.info):
             home[r] = c
-    return CrossDatasetMatrix(sorted(rows), sorted(columns), cells, home)
+    return CrossDatasetMatrix(
+        sorted(rows),
+        sorted(columns),
+        cells,
+        home,
+        _shared(list(targets.values()), common_c),
+        _shared(list(sources.values()), common_r),
+    )
 
 
 def _cell_text(cell: MatrixCell | None) -> str:
@@ -133,6 +189,14 @@ def _cell_text(cell: MatrixCell | None) -> str:
     return f"{f1}{ci}, {fp} FP/scan{cpm} (n={cell.n_cases})"
 
 
+def _common_text(m: CrossDatasetMatrix) -> str:
+    parts = []
+    for what, opts in (("every target", m.common_targets), ("every run", m.common_runs)):
+        if opts:
+            parts.append(f" Options of {what}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    return ".".join(parts) + ("." if parts else "")
+
+
 def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
     """A Markdown table: one row per run, one column per target; ``*`` marks a run on its
     own dataset."""
@@ -141,7 +205,8 @@ def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
         "",
         "Micro F1 [95 % case-bootstrap CI], FP per scan, CPM [95 % CI] (where the run kept "
         "its candidates) and cases, each target scored with its own evaluator; `*` marks a "
-        "run on the data it was trained on (same dataset, version and cohorts).",
+        "run on the data it was trained on (same dataset, version and cohorts, options "
+        "differing only in the sample drawn)." + _common_text(m),
         "",
         "| run | " + " | ".join(m.columns) + " |",
         "|---|" + "---|" * len(m.columns),

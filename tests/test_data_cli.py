@@ -57,6 +57,12 @@ def test_info_on_valdo_tree(tmp_path) -> None:
     assert _cell(out, "default rule") == "overlap (min_overlap_voxels=1)"
     assert "cohort1" in out and "cohort3" in out
     assert "0.45 × 0.45 × 4" in out and "32 × 32 × 24" in out
+    # the paired ΔF1 these 5 cases resolve, from the tree's own per-case counts, and how
+    from cmbbench.scoring.power import detectable_delta_f1
+
+    mdd = _cell(out, "smallest detectable paired ΔF1")
+    assert mdd.startswith(f"{detectable_delta_f1([2, 0, 3, 1, 1]):.3f} (bootstrap of a simulated")
+    assert float(mdd.split()[0]) > 0.2  # 7 CMBs resolve nothing finer
 
 
 def test_info_split_and_errors(tmp_path) -> None:

@@ -115,8 +115,29 @@ def test_v2_subject_records_every_element(subject):
         if not c["ignore"]:
             assert c["agreement"] in (0.5, 1.0)
             assert meta["lesion_attrs"][c["id"]]["agreement"] == c["agreement"]
-    # mimic voxels are never labelled voxels of a CMB's centre
+    # the mimic map holds only the known codes (its labelling is tested below)
     assert set(np.unique(subject.mimics)) <= set(MIMIC_CODES.values()) | {0}
+
+
+@pytest.mark.parametrize(
+    ("subject_id", "kinds"),
+    [
+        # quick-preset subjects (seed 0) with CMBs and every rare kind, found from sidecars
+        ("sub-0011", {"calcification", "cavernoma", "iron_focus", "lacune", "siderosis"}),
+        ("sub-0030", {"macro_haemorrhage", "lacune", "iron_focus", "vein", "flow_void"}),
+    ],
+)
+def test_no_mimic_voxel_is_labelled(subject_id, kinds):
+    # Every voxel a look-alike darkens (its code in the mimic map) is unlabelled, kind by kind;
+    # the air-bone code is a region of field inhomogeneity, not an object, and a CMB may lie in
+    # it (12 of 950,000 such voxels in 80 quick subjects are labelled), so it is not checked.
+    s = generate_subject(SubjectSpec(subject_id, 0, "t2s2d_3t_1x1x3", "quick"))
+    present = {k for k, code in MIMIC_CODES.items() if (s.mimics == code).any()}
+    assert kinds <= present
+    assert {m["type"] for m in s.meta["mimics"]} >= kinds  # and recorded in the sidecar
+    assert (s.label > 0).any()
+    for kind in present - {"air_bone"}:
+        assert not (s.label[s.mimics == MIMIC_CODES[kind]] > 0).any(), kind
 
 
 def test_ablation_changes_only_its_element(subject):

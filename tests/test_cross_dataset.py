@@ -146,7 +146,12 @@ def _report(run: str, trained: dict, target: dict, f1: float):
         "trained_on": {**base, "options": trained},
         "dataset": {**base, "split": "val", "options": target},
     }
-    metrics = {"headline": {"f1_micro": {"value": f1, "ci": [f1 - 0.1, f1 + 0.1]}}}
+    metrics = {
+        "headline": {
+            "f1_micro": {"value": f1, "ci": [f1 - 0.1, f1 + 0.1]},
+            "fp_per_scan": {"value": 1.0, "ci": [0.6, 1.5]},
+        }
+    }
     return ScoreReport(cases=[], metrics=metrics, info=info)
 
 
@@ -171,8 +176,8 @@ def test_a_column_is_the_target_alone_whichever_run_was_scored_on_it():
     assert m.home == {row_b: col}
     md = render_matrix_markdown(m)
     assert "Options of every run: preset=quick." in md
-    assert f"| {row_a} | 0.716 [0.616, 0.816], n/a FP/scan (n=0) |" in md
-    assert f"| {row_b} | 0.742 [0.642, 0.842], n/a FP/scan (n=0) * |" in md
+    assert f"| {row_a} | 0.716 [0.616, 0.816], 1.00 [0.60, 1.50] FP/scan (n=0) |" in md
+    assert f"| {row_b} | 0.742 [0.642, 0.842], 1.00 [0.60, 1.50] FP/scan (n=0) * |" in md
 
 
 def test_another_draw_of_the_same_distribution_is_home_and_shared_options_are_said_once():

@@ -31,6 +31,7 @@ class MatrixCell:
     file: str
     cpm: float | None = None
     cpm_ci: tuple[float, float] | None = None
+    fp_ci: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatr
         if c not in columns:
             columns.append(c)
         f1, ci = _headline(report, "f1_micro")
-        fp, _ = _headline(report, "fp_per_scan")
+        fp, fp_ci = _headline(report, "fp_per_scan")
         cpm, cpm_ci = _headline(report, "cpm")
         cells[(r, c)] = MatrixCell(
             f1,
@@ -163,6 +164,7 @@ def build_matrix(reports: Sequence[tuple[ScoreReport, str]]) -> CrossDatasetMatr
             file,
             None if cpm is None or cpm != cpm else cpm,
             tuple(cpm_ci) if cpm_ci else None,  # type: ignore[arg-type]
+            tuple(fp_ci) if fp_ci else None,  # type: ignore[arg-type]
         )
         if _is_home(report.info):
             home[r] = c
@@ -182,6 +184,8 @@ def _cell_text(cell: MatrixCell | None) -> str:
     f1 = "n/a" if cell.f1 is None else f"{cell.f1:.3f}"
     ci = f" [{cell.f1_ci[0]:.3f}, {cell.f1_ci[1]:.3f}]" if cell.f1_ci else ""
     fp = "n/a" if cell.fp_per_scan is None else f"{cell.fp_per_scan:.2f}"
+    if cell.fp_per_scan is not None and cell.fp_ci:
+        fp += f" [{cell.fp_ci[0]:.2f}, {cell.fp_ci[1]:.2f}]"
     cpm = ""
     if cell.cpm is not None:
         cpm_ci = f" [{cell.cpm_ci[0]:.3f}, {cell.cpm_ci[1]:.3f}]" if cell.cpm_ci else ""
@@ -203,7 +207,7 @@ def render_matrix_markdown(m: CrossDatasetMatrix) -> str:
     lines = [
         "# Cross-dataset results",
         "",
-        "Micro F1 [95 % case-bootstrap CI], FP per scan, CPM [95 % CI] (where the run kept "
+        "Micro F1 [95 % case-bootstrap CI], FP per scan [95 % CI], CPM [95 % CI] (where the run kept "
         "its candidates) and cases, each target scored with its own evaluator; `*` marks a "
         "run on the data it was trained on (same dataset, version and cohorts, options "
         "differing only in the sample drawn)." + _common_text(m),
@@ -238,6 +242,8 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
             "cpm",
             "cpm_lo",
             "cpm_hi",
+            "fp_per_scan_lo",
+            "fp_per_scan_hi",
         ]
     )
     for r in m.rows:
@@ -247,6 +253,7 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
                 continue
             lo, hi = cell.f1_ci if cell.f1_ci else (None, None)
             c_lo, c_hi = cell.cpm_ci if cell.cpm_ci else (None, None)
+            f_lo, f_hi = cell.fp_ci if cell.fp_ci else (None, None)
             w.writerow(
                 [
                     r,
@@ -261,6 +268,8 @@ def render_matrix_csv(m: CrossDatasetMatrix) -> str:
                     "" if cell.cpm is None else f"{cell.cpm:.6g}",
                     "" if c_lo is None else f"{c_lo:.6g}",
                     "" if c_hi is None else f"{c_hi:.6g}",
+                    "" if f_lo is None else f"{f_lo:.6g}",
+                    "" if f_hi is None else f"{f_hi:.6g}",
                 ]
             )
     return buf.getvalue()

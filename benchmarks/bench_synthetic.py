@@ -54,10 +54,13 @@ def test_load_cached_case(benchmark, tmp_path: Path):
 
 
 @pytest.mark.skipif(not os.environ.get("CMBBENCH_BENCH_FULL"), reason="set CMBBENCH_BENCH_FULL=1")
-def test_generate_quick_preset(tmp_path: Path):
+def test_generate_quick_preset(benchmark, tmp_path: Path):
     import cmbbench
 
-    t = time.perf_counter()
-    ds = cmbbench.load_dataset("synthetic", preset="quick", cache_dir=tmp_path, progress=False)
-    dt = time.perf_counter() - t
+    ds = benchmark.pedantic(
+        cmbbench.load_dataset, args=("synthetic",),
+        kwargs={"preset": "quick", "cache_dir": tmp_path, "progress": False},
+        rounds=1, iterations=1,
+    )  # fmt: skip
+    dt = benchmark.stats.stats.mean
     print(f"\nquick preset: {len(ds)} subjects in {dt:.1f} s on {os.cpu_count()} cores")

@@ -290,3 +290,37 @@ def test_info_on_points(tmp_path) -> None:
     assert _cell(r.output, "CMBs total") == "2" and _cell(r.output, "negatives (no CMB)") == "1"
     assert _cell(r.output, "CMB size (voxels)") == "n/a"  # points carry no size
     assert _cell(r.output, "default rule") == "point (max_distance_mm=5.0)"
+
+
+def test_show_names_anatomy_and_single_rater_cmbs() -> None:
+    from cmbbench.cases import Case, CaseData
+    from cmbbench.datasets.viz import _anatomy_note, _cmb_titles, cmb_sites
+
+    meta = {"age": 73.6, "atrophy": 0.421, "warp_rms_mm": 2.14, "wmh_burden": 0.6}
+    assert _anatomy_note(meta) == "anatomy: age 74, atrophy 0.42, warp 2.1 mm RMS, WMH burden 0.60"
+    assert _anatomy_note({"age": 60}) == "anatomy: age 60" and _anatomy_note({}) == ""
+    # three CMBs: id 1 (2 voxels), id 2 (4 voxels, marked by one rater), id 3 (1 voxel):
+    # largest first -> id 2, id 1, id 3; only id 2 is named as a one-rater CMB
+    shape = (10, 10, 4)
+    inst = np.zeros(shape, np.uint16)
+    inst[1, 1:3, 1] = 1
+    inst[5:7, 5:7, 2] = 2
+    inst[8, 8, 3] = 3
+    attrs = {"1": {"agreement": 1.0}, "2": {"agreement": 0.5}, "3": {"agreement": 1.0}}
+    img = np.ones(shape, np.float32)
+    case = Case(
+        "syn-0002",
+        np.eye(4),
+        shape,
+        "instance",
+        lambda: CaseData(img, inst),
+        {"lesion_attrs": attrs},
+    )
+    sites = cmb_sites(case)
+    assert [n for _, n in sites] == [4, 2, 1]
+    assert _cmb_titles(case, sites) == [
+        "CMB 1 (4 vox, 1 of 2 raters)",
+        "CMB 2 (2 vox)",
+        "CMB 3 (1 vox)",
+    ]
+    assert _cmb_titles(case, sites[:1]) == ["CMB 1 (4 vox, 1 of 2 raters)"]

@@ -159,6 +159,45 @@ def _artefact_note(case: Case) -> str:
     return "artefacts: " + ", ".join(parts) if parts else ""
 
 
+def _anatomy_note(meta: dict[str, Any]) -> str:
+    """One line naming a synthetic v2 subject's anatomy (``meta`` keys ``age``, ``atrophy``
+    0-1, ``warp_rms_mm``, ``wmh_burden`` 0-1; what is absent is left out), e.g.
+    ``"anatomy: age 74, atrophy 0.42, warp 2.1 mm RMS, WMH burden 0.60"``."""
+    parts = []
+    if meta.get("age") is not None:
+        parts.append(f"age {float(meta['age']):.0f}")
+    if meta.get("atrophy") is not None:
+        parts.append(f"atrophy {float(meta['atrophy']):.2f}")
+    if meta.get("warp_rms_mm") is not None:
+        parts.append(f"warp {float(meta['warp_rms_mm']):.1f} mm RMS")
+    if meta.get("wmh_burden") is not None:
+        parts.append(f"WMH burden {float(meta['wmh_burden']):.2f}")
+    return "anatomy: " + ", ".join(parts) if parts else ""
+
+
+def _cmb_titles(case: Case, shown: list[tuple[np.ndarray, int]]) -> list[str]:
+    """Panel titles of the CMBs ``shown`` (the first of :func:`cmb_sites`, same order): size,
+    and for an instance label whose ``meta["lesion_attrs"]`` records the simulated raters'
+    agreement, ``"1 of 2 raters"`` where only one marked it (agreement 0.5)."""
+    attrs = case.meta.get("lesion_attrs") or {}
+    agreement: list[float | None] = [None] * len(shown)
+    if case.label_kind == "instance" and attrs and case.label is not None:
+        lab = np.asarray(case.label)
+        ids, counts = np.unique(lab[lab > 0], return_counts=True)
+        order = sorted(range(len(ids)), key=lambda i: -counts[i])  # cmb_sites' (stable) order
+        for j, i in enumerate(order[: len(shown)]):
+            rec = attrs.get(str(int(ids[i]))) or attrs.get(int(ids[i]))
+            if isinstance(rec, dict) and rec.get("agreement") is not None:
+                agreement[j] = float(rec["agreement"])
+    titles = []
+    for i, ((_, n), a) in enumerate(zip(shown, agreement, strict=True)):
+        bits = [f"{n} vox"] if n else []
+        if a is not None and a < 1.0:
+            bits.append("1 of 2 raters")
+        titles.append(f"CMB {i + 1}" + (f" ({', '.join(bits)})" if bits else ""))
+    return titles
+
+
 def _mimics(case: Case) -> list[tuple[np.ndarray, str]]:
     """(voxel centre, kind) of the mimic records in ``meta['mimics']`` that carry a world centre."""
     recs = case.meta.get("mimics") or []
@@ -245,9 +284,7 @@ def render_case(
             max(4, round(crop_mm / 2 / case.spacing[view.ax_lr])),
         )
         panels = [(c, half) for c, _ in shown]
-        titles = [
-            f"CMB {i + 1} ({n} vox)" if n else f"CMB {i + 1}" for i, (_, n) in enumerate(shown)
-        ]
+        titles = _cmb_titles(case, shown)
         per_row = min(2, len(panels))
     else:
         ks = [round(f * (shape[view.ax_s] - 1)) for f in (0.25, 0.5, 0.75)]
@@ -271,7 +308,7 @@ def render_case(
         what = "no CMBs" if label is not None else "unlabelled"
     group = case.meta.get("protocol") or case.meta.get("cohort") or ""
     sp = "×".join(f"{v:.2g}" for v in case.spacing)
-    scan_notes = _artefact_note(case)
+    scan_notes = "\n".join(n for n in (_anatomy_note(case.meta), _artefact_note(case)) if n)
     fig.suptitle(
         f"{case.case_id}  {group}  {sp} mm  — {what}" + (f"\n{scan_notes}" if scan_notes else ""),
         fontsize=10,

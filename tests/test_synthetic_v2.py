@@ -306,3 +306,21 @@ def test_lacunes_change_only_their_box_bit_for_bit(seed):
     want = _tissue_reference(p, gm, wm, csf, vdist, sulc, affine)
     for name, a, b in zip(("gm", "wm", "csf", "wmh", "lacune"), got, want, strict=True):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=name)
+
+
+def test_every_mimic_kind_says_why_it_is_unlabelled(subject, tmp_path):
+    from cmbbench.datasets.synthetic.cache import read_sidecar, write_subject
+    from cmbbench.datasets.synthetic.dataset import _case
+    from cmbbench.datasets.synthetic.unlabelled import UNLABELLED_BECAUSE
+
+    assert set(MIMIC_CODES) | {"wmh"} <= set(UNLABELLED_BECAUSE)
+    write_subject(tmp_path, subject)
+    case = _case(tmp_path, subject.spec.subject_id)
+    recs = case.meta["mimics"]
+    assert recs and len(recs) == len(subject.meta["mimics"])
+    for rec, raw in zip(recs, subject.meta["mimics"], strict=True):
+        assert rec["unlabelled_because"] == UNLABELLED_BECAUSE[raw["type"]]
+        assert {k: v for k, v in rec.items() if k != "unlabelled_because"} == raw
+    # added on load: the cached sidecar (frozen bytes) does not hold it
+    side = read_sidecar(tmp_path, subject.spec.subject_id)
+    assert all("unlabelled_because" not in m for m in side["meta"]["mimics"])

@@ -44,6 +44,7 @@ from cmbbench.datasets.synthetic.subjects import (
     subject_ids,
     subject_protocol,
 )
+from cmbbench.datasets.synthetic.unlabelled import with_reasons
 from cmbbench.errors import InputError
 from cmbbench.io import write_json_atomic
 from cmbbench.progress import ProgressFn, log_progress
@@ -212,6 +213,8 @@ def _progress_fn(progress: bool | ProgressFn | None) -> ProgressFn | None:
 def _meta_from_sidecar(side: dict) -> dict[str, Any]:
     meta = dict(side["meta"])
     meta["lesion_attrs"] = {int(k): v for k, v in meta.get("lesion_attrs", {}).items()}
+    if "mimics" in meta:  # why each look-alike is unlabelled (added on load, files unchanged)
+        meta["mimics"] = with_reasons(meta["mimics"])
     return meta
 
 

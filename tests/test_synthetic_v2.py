@@ -46,6 +46,30 @@ def test_pathology_rates():
     assert 1.6 < np.mean(n) < 2.4 and max(n) <= 5
 
 
+def test_mineralisation_wmh_and_rater_rates():
+    from cmbbench.datasets.synthetic.generator import rater_agreement
+
+    # basal-ganglia mineralisation in 30 % of 55-year-olds, 60 % of 90-year-olds (1500 draws
+    # each, SE ≈ 0.012 / 0.013), 2-6 foci when present
+    for age, rate in ((55.0, 0.3), (90.0, 0.6)):
+        plans = [pathology.plan_mineralisation(r, age, None) for r in _rngs("mineral", 1500)]
+        assert abs(np.mean([bool(p) for p in plans]) - rate) < 0.04
+        assert {len(p) for p in plans if p} <= set(range(2, 7))
+    # WMH burden clip((age - 55) / 35 + N(0, 0.25)): at 55 the mean of a clipped N(0, 0.25)
+    # is 0.25 / sqrt(2 pi) = 0.0997; Poisson(6 b) deep patches, so 0.60 on average
+    wmh = [pathology.plan_wmh(r, 55.0, None) for r in _rngs("wmh", 1500)]
+    assert abs(np.mean([b for b, _ in wmh]) - 0.0997) < 0.012
+    assert abs(np.mean([len(p) for _, p in wmh]) - 0.598) < 0.1
+    assert (
+        np.mean([b for b, _ in (pathology.plan_wmh(r, 90.0, None) for r in _rngs("w", 500))]) > 0.85
+    )
+    # raters: a faint CMB (loss < 0.45) gets agreement 0.5 w.p. 0.6, a clear one w.p. 0.05
+    faint = [rater_agreement(r, 0.3) for r in _rngs("raters", 4000)]
+    clear = [rater_agreement(r, 0.8) for r in _rngs("raters", 4000)]
+    assert set(faint) == {0.5, 1.0} and abs(np.mean(np.array(faint) == 0.5) - 0.6) < 0.03
+    assert abs(np.mean(np.array(clear) == 0.5) - 0.05) < 0.015
+
+
 def test_vein_density_by_sequence():
     # SWI shows veins by the hundred, 2D T2*-GRE fewer (VEIN_COUNTS), all inside the brain
     swi = vessels.plan_veins_v2(

@@ -640,9 +640,16 @@ def _render_cmbs(
     if spec.has("raters"):
         rrng = f.rng("raters")
         for rec in kept:
-            p_miss = 0.6 if rec["max_loss"] < 0.45 else 0.05
-            rec["agreement"] = 0.5 if rrng.random() < p_miss else 1.0
+            rec["agreement"] = rater_agreement(rrng, rec["max_loss"])
     return label, ignore, kept, ignored
+
+
+def rater_agreement(rng: np.random.Generator, max_loss: float) -> float:
+    """The share of two simulated raters who mark a labelled CMB whose peak signal loss is
+    ``max_loss`` (0-1): a faint one (loss < 45 %) is missed by one of them w.p. 0.6, a clear
+    one w.p. 0.05 (agreement 0.5), else both mark it (1.0). One draw from ``rng``."""
+    p_miss = 0.6 if max_loss < 0.45 else 0.05
+    return 0.5 if rng.random() < p_miss else 1.0
 
 
 # ------------------------------------------------------------------ the T1-weighted channel
